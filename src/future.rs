@@ -1,0 +1,283 @@
+//! The response future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::BytesMut;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::error::Error;
+use crate::headers::RateLimitInfo;
+use crate::limiter::Ticket;
+use crate::{BoxError, ResponseBody};
+
+/// How much of a 429's body is read to learn its `retry_after`.
+const MAX_429_BODY: usize = 64 * 1024;
+
+type Wait = Pin<Box<dyn Future<Output = Result<Ticket, Error>> + Send>>;
+
+pin_project! {
+    /// Response future of [`RateLimit`](crate::RateLimit).
+    ///
+    /// It waits for the request's slot, then for the inner service's
+    /// readiness, sends, and learns from the response. Dropped at any point,
+    /// it gives its slot back.
+    pub struct ResponseFuture<S, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>>,
+        ResBody: Body,
+    {
+        #[pin]
+        state: State<S, ReqBody, ResBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>>,
+        ResBody: Body,
+    {
+        Failed {
+            error: Option<Error>,
+        },
+        Waiting {
+            wait: Wait,
+            svc: Option<S>,
+            req: Option<Request<ReqBody>>,
+        },
+        Ready {
+            svc: Option<S>,
+            req: Option<Request<ReqBody>>,
+            ticket: Option<Ticket>,
+        },
+        Sent {
+            #[pin]
+            fut: S::Future,
+            ticket: Option<Ticket>,
+        },
+        Reading {
+            read: Option<Read429<ResBody>>,
+            ticket: Option<Ticket>,
+        },
+        Done,
+    }
+}
+
+/// A 429 whose body is being read.
+struct Read429<B: Body> {
+    parts: http::response::Parts,
+    info: RateLimitInfo,
+    body: Option<Pin<Box<B>>>,
+    buf: BytesMut,
+    error: Option<B::Error>,
+    trailers: Option<HeaderMap>,
+}
+
+impl<S, ReqBody, ResBody> fmt::Debug for ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>>,
+    ResBody: Body,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Failed { .. } => "Failed",
+            State::Waiting { .. } => "Waiting",
+            State::Ready { .. } => "Ready",
+            State::Sent { .. } => "Sent",
+            State::Reading { .. } => "Reading",
+            State::Done => "Done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>>,
+    ResBody: Body,
+{
+    pub(crate) fn ready(svc: S, req: Request<ReqBody>, ticket: Option<Ticket>) -> Self {
+        Self {
+            state: State::Ready {
+                svc: Some(svc),
+                req: Some(req),
+                ticket,
+            },
+        }
+    }
+
+    pub(crate) fn waiting(wait: Wait, svc: S, req: Request<ReqBody>) -> Self {
+        Self {
+            state: State::Waiting {
+                wait,
+                svc: Some(svc),
+                req: Some(req),
+            },
+        }
+    }
+
+    pub(crate) fn failed(error: Error) -> Self {
+        Self {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    ResBody: Body,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Failed { error } => {
+                    let error = error.take();
+                    state.set(State::Done);
+                    return Poll::Ready(Err(match error {
+                        Some(e) => e.into(),
+                        None => "ResponseFuture polled after completion".into(),
+                    }));
+                }
+                StateProj::Waiting { wait, svc, req } => match ready!(wait.as_mut().poll(cx)) {
+                    Ok(ticket) => {
+                        let next = State::Ready {
+                            svc: svc.take(),
+                            req: req.take(),
+                            ticket: Some(ticket),
+                        };
+                        state.set(next);
+                    }
+                    Err(error) => state.set(State::Failed { error: Some(error) }),
+                },
+                StateProj::Ready { svc, req, ticket } => {
+                    let (Some(service), Some(_)) = (svc.as_mut(), req.as_ref()) else {
+                        state.set(State::Failed { error: None });
+                        continue;
+                    };
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                        // The ticket is dropped unsent: its slot comes back.
+                        state.set(State::Done);
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let mut ticket = ticket.take();
+                    if let Some(t) = ticket.as_mut() {
+                        t.mark_sent();
+                    }
+                    let fut = service.call(req.take().expect("checked above"));
+                    state.set(State::Sent { fut, ticket });
+                }
+                StateProj::Sent { fut, ticket } => {
+                    let response = match ready!(fut.poll(cx)) {
+                        Ok(response) => response,
+                        Err(e) => {
+                            state.set(State::Done);
+                            return Poll::Ready(Err(e.into()));
+                        }
+                    };
+                    let info = RateLimitInfo::from_headers(response.headers());
+                    let status = response.status();
+                    if status == StatusCode::TOO_MANY_REQUESTS {
+                        let (parts, body) = response.into_parts();
+                        let read = Read429 {
+                            parts,
+                            info,
+                            body: Some(Box::pin(body)),
+                            buf: BytesMut::new(),
+                            error: None,
+                            trailers: None,
+                        };
+                        let ticket = ticket.take();
+                        state.set(State::Reading {
+                            read: Some(read),
+                            ticket,
+                        });
+                        continue;
+                    }
+                    if let Some(t) = ticket.take() {
+                        t.record(status, &info);
+                    }
+                    let mut response = response.map(ResponseBody::plain);
+                    response.extensions_mut().insert(info);
+                    state.set(State::Done);
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Reading { read, ticket } => {
+                    let Some(r) = read.as_mut() else {
+                        state.set(State::Failed { error: None });
+                        continue;
+                    };
+                    ready!(r.poll_read(cx));
+                    let Read429 {
+                        mut parts,
+                        mut info,
+                        body,
+                        buf,
+                        error,
+                        trailers,
+                    } = read.take().expect("checked above");
+                    info.read_429_body(&parts.headers, &buf);
+                    if let Some(t) = ticket.take() {
+                        t.record(parts.status, &info);
+                    }
+                    parts.extensions.insert(info);
+                    let body = ResponseBody::replay(buf.freeze(), error, body, trailers);
+                    state.set(State::Done);
+                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                }
+                StateProj::Done => {
+                    state.set(State::Failed { error: None });
+                }
+            }
+        }
+    }
+}
+
+impl<B: Body> Read429<B> {
+    /// Reads until the end, an error, trailers or 64 KiB.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while self.buf.len() < MAX_429_BODY {
+            let Some(body) = self.body.as_mut() else {
+                break;
+            };
+            match ready!(body.as_mut().poll_frame(cx)) {
+                None => self.body = None,
+                Some(Err(e)) => {
+                    self.error = Some(e);
+                    self.body = None;
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(mut data) => {
+                        use bytes::Buf;
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            self.buf.extend_from_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            self.trailers = Some(t);
+                        }
+                        self.body = None;
+                    }
+                },
+            }
+        }
+        Poll::Ready(())
+    }
+}

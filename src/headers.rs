@@ -1,0 +1,346 @@
+//! Reading Discord's rate-limit headers and 429 bodies.
+//!
+//! What the layer learns from a response is attached to it as a
+//! [`RateLimitInfo`] extension, so that a retry policy or a dashboard can act
+//! on it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, StatusCode};
+
+static LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+static RESET_AFTER: HeaderName = HeaderName::from_static("x-ratelimit-reset-after");
+static BUCKET: HeaderName = HeaderName::from_static("x-ratelimit-bucket");
+static SCOPE: HeaderName = HeaderName::from_static("x-ratelimit-scope");
+static GLOBAL: HeaderName = HeaderName::from_static("x-ratelimit-global");
+static RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
+
+/// Longest wait taken from a server's word; anything larger is ignored as
+/// malformed (one day).
+pub(crate) const MAX_SECS: f64 = 86_400.0;
+/// Longest bucket hash kept; a longer value is ignored as malformed.
+const MAX_BUCKET_LEN: usize = 128;
+
+/// The scope of a 429, from `X-RateLimit-Scope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// The limit of this user or bot (counts as an invalid request).
+    User,
+    /// The global limit of this user or bot.
+    Global,
+    /// A limit shared by everyone on the resource (does not count as an
+    /// invalid request).
+    Shared,
+}
+
+/// What the layer learned from one response, attached to it as an extension.
+///
+/// ```
+/// # fn f(response: http::Response<()>) {
+/// use tower_rest_ratelimit::RateLimitInfo;
+///
+/// if let Some(info) = response.extensions().get::<RateLimitInfo>() {
+///     println!("{:?} left in bucket {:?}", info.remaining, info.bucket);
+///     if let Some(rejected) = &info.too_many_requests {
+///         println!("429, retry after {:?}", rejected.retry_after);
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct RateLimitInfo {
+    /// `X-RateLimit-Bucket`: the opaque bucket hash.
+    pub bucket: Option<Arc<str>>,
+    /// `X-RateLimit-Limit`.
+    pub limit: Option<u32>,
+    /// `X-RateLimit-Remaining`.
+    pub remaining: Option<u32>,
+    /// `X-RateLimit-Reset-After`.
+    pub reset_after: Option<Duration>,
+    /// `X-RateLimit-Reset`, in milliseconds since the Unix epoch by the
+    /// server's clock: the identity of the server's window.
+    pub reset_millis: Option<u64>,
+    /// `Retry-After`.
+    pub retry_after: Option<Duration>,
+    /// Set on a 429.
+    pub too_many_requests: Option<TooManyRequests>,
+}
+
+/// What a 429 said.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct TooManyRequests {
+    /// `X-RateLimit-Scope`.
+    pub scope: Option<Scope>,
+    /// Whether the limit hit was the global one (body `global` or
+    /// `X-RateLimit-Global`).
+    pub global: bool,
+    /// How long the limiter holds the bucket (or the global throttle): the
+    /// largest of the body's `retry_after`, `Retry-After` and
+    /// `X-RateLimit-Reset-After`. `None` when the body had no `retry_after`.
+    pub retry_after: Option<Duration>,
+    /// The body's `code`, when present.
+    pub code: Option<i64>,
+    /// The body was not JSON: most likely a Cloudflare page, which means the
+    /// IP is being limited or banned. Never retry such a response in a loop.
+    pub cloudflare: bool,
+}
+
+impl TooManyRequests {
+    /// Whether a retry after [`retry_after`](Self::retry_after) is sensible:
+    /// a JSON 429 with a `retry_after`.
+    pub fn is_retryable(&self) -> bool {
+        self.retry_after.is_some() && !self.cloudflare
+    }
+
+    /// Whether this 429 counts as an invalid request (every 429 but
+    /// `shared` ones).
+    pub fn is_invalid(&self) -> bool {
+        self.scope != Some(Scope::Shared)
+    }
+}
+
+impl RateLimitInfo {
+    /// Reads the headers of a response. For a 429, call
+    /// [`read_429_body`](Self::read_429_body) too.
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
+        let bucket = text(headers, &BUCKET).and_then(|b| {
+            if b.is_empty() || b.len() > MAX_BUCKET_LEN {
+                tracing::debug!(len = b.len(), "ignoring malformed X-RateLimit-Bucket");
+                None
+            } else {
+                Some(Arc::from(b))
+            }
+        });
+        Self {
+            bucket,
+            limit: count(headers, &LIMIT).filter(|&l| l > 0),
+            remaining: count(headers, &REMAINING),
+            reset_after: secs(headers, &RESET_AFTER),
+            reset_millis: number(headers, &RESET)
+                .filter(|s| *s > 0.0 && *s < 1e11)
+                .map(|s| (s * 1000.0).round() as u64),
+            retry_after: secs(headers, &RETRY_AFTER),
+            too_many_requests: None,
+        }
+    }
+
+    /// Whether the response carried a bucket's headers.
+    pub(crate) fn has_bucket_headers(&self) -> bool {
+        self.bucket.is_some() || self.limit.is_some() || self.remaining.is_some()
+    }
+
+    /// Reads what a 429 says: the scope and global headers and the body.
+    pub(crate) fn read_429_body(&mut self, headers: &HeaderMap, body: &[u8]) {
+        let scope = match text(headers, &SCOPE) {
+            Some("user") => Some(Scope::User),
+            Some("global") => Some(Scope::Global),
+            Some("shared") => Some(Scope::Shared),
+            Some(other) => {
+                tracing::debug!(scope = other, "ignoring unknown X-RateLimit-Scope");
+                None
+            }
+            None => None,
+        };
+        let header_global = text(headers, &GLOBAL).is_some_and(|g| g.eq_ignore_ascii_case("true"));
+        let mut out = TooManyRequests {
+            scope,
+            global: header_global || scope == Some(Scope::Global),
+            ..TooManyRequests::default()
+        };
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(map)) => {
+                let body_retry = map
+                    .get("retry_after")
+                    .and_then(serde_json::Value::as_f64)
+                    .and_then(|s| to_duration(s, "retry_after"));
+                out.global |= map.get("global").and_then(serde_json::Value::as_bool) == Some(true);
+                out.code = map.get("code").and_then(serde_json::Value::as_i64);
+                out.retry_after = body_retry.map(|b| {
+                    [self.retry_after, self.reset_after]
+                        .into_iter()
+                        .flatten()
+                        .fold(b, Duration::max)
+                });
+            }
+            _ => out.cloudflare = true,
+        }
+        self.too_many_requests = Some(out);
+    }
+}
+
+/// Whether a status counts as an invalid request (429 is decided by its
+/// scope).
+pub(crate) fn is_invalid_status(status: StatusCode) -> bool {
+    status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
+}
+
+fn text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    let value = headers.get(name)?;
+    match value.to_str() {
+        Ok(s) => Some(s.trim()),
+        Err(_) => {
+            tracing::debug!(header = %name, "ignoring non-ASCII rate-limit header");
+            None
+        }
+    }
+}
+
+fn number(headers: &HeaderMap, name: &HeaderName) -> Option<f64> {
+    let raw = text(headers, name)?;
+    match raw.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Some(n),
+        _ => {
+            tracing::debug!(header = %name, value = raw, "ignoring malformed rate-limit header");
+            None
+        }
+    }
+}
+
+fn count(headers: &HeaderMap, name: &HeaderName) -> Option<u32> {
+    let raw = text(headers, name)?;
+    match raw.parse::<u32>() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            tracing::debug!(header = %name, value = raw, "ignoring malformed rate-limit header");
+            None
+        }
+    }
+}
+
+fn secs(headers: &HeaderMap, name: &HeaderName) -> Option<Duration> {
+    number(headers, name).and_then(|s| to_duration(s, name.as_str()))
+}
+
+fn to_duration(secs: f64, what: &str) -> Option<Duration> {
+    if secs.is_finite() && (0.0..=MAX_SECS).contains(&secs) {
+        Some(Duration::from_secs_f64(secs))
+    } else {
+        tracing::debug!(what, secs, "ignoring out-of-range wait");
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn reads_discord_headers() {
+        let h = headers(&[
+            ("x-ratelimit-limit", "5"),
+            ("x-ratelimit-remaining", "4"),
+            ("x-ratelimit-reset", "1470173023.123"),
+            ("x-ratelimit-reset-after", "1.000"),
+            ("x-ratelimit-bucket", "abcd1234"),
+        ]);
+        let info = RateLimitInfo::from_headers(&h);
+        assert_eq!(info.limit, Some(5));
+        assert_eq!(info.remaining, Some(4));
+        assert_eq!(info.reset_millis, Some(1_470_173_023_123));
+        assert_eq!(info.reset_after, Some(Duration::from_secs(1)));
+        assert_eq!(info.bucket.as_deref(), Some("abcd1234"));
+        assert!(info.has_bucket_headers());
+    }
+
+    #[test]
+    fn malformed_values_are_ignored() {
+        for bad in ["abc", "-1", "NaN", "inf", "-inf", "1e308", "", "4294967296"] {
+            let h = headers(&[
+                ("x-ratelimit-limit", bad),
+                ("x-ratelimit-remaining", bad),
+                ("x-ratelimit-reset", bad),
+                ("x-ratelimit-reset-after", bad),
+                ("retry-after", bad),
+            ]);
+            let mut info = RateLimitInfo::from_headers(&h);
+            assert_eq!(info.limit, None, "{bad}");
+            assert_eq!(info.remaining, None, "{bad}");
+            assert_eq!(info.reset_after, None, "{bad}");
+            if bad != "4294967296" {
+                assert_eq!(info.reset_millis, None, "{bad}");
+                assert_eq!(info.retry_after, None, "{bad}");
+            }
+            let body = format!("{{\"retry_after\": {bad}, \"global\": false}}");
+            info.read_429_body(&h, body.as_bytes());
+            let t = info.too_many_requests.unwrap();
+            assert_eq!(t.retry_after, None, "{bad}");
+        }
+        let h = headers(&[("x-ratelimit-limit", "0")]);
+        assert_eq!(RateLimitInfo::from_headers(&h).limit, None);
+    }
+
+    #[test]
+    fn the_largest_wait_of_a_429_wins() {
+        let h = headers(&[
+            ("x-ratelimit-reset-after", "1.5"),
+            ("retry-after", "2"),
+            ("x-ratelimit-scope", "user"),
+        ]);
+        let mut info = RateLimitInfo::from_headers(&h);
+        info.read_429_body(
+            &h,
+            br#"{"message": "You are being rate limited.", "retry_after": 3.25, "global": false}"#,
+        );
+        let t = info.too_many_requests.as_ref().unwrap();
+        assert_eq!(t.retry_after, Some(Duration::from_secs_f64(3.25)));
+        assert_eq!(t.scope, Some(Scope::User));
+        assert!(!t.global && t.is_retryable() && t.is_invalid());
+
+        let mut info = RateLimitInfo::from_headers(&h);
+        info.read_429_body(
+            &h,
+            br#"{"retry_after": 0.5, "global": false, "code": 20028}"#,
+        );
+        let t = info.too_many_requests.unwrap();
+        assert_eq!(t.retry_after, Some(Duration::from_secs(2)));
+        assert_eq!(t.code, Some(20028));
+    }
+
+    #[test]
+    fn global_shared_and_cloudflare_429s() {
+        let h = headers(&[
+            ("x-ratelimit-global", "true"),
+            ("x-ratelimit-scope", "global"),
+        ]);
+        let mut info = RateLimitInfo::from_headers(&h);
+        info.read_429_body(
+            &h,
+            br#"{"message": "x", "retry_after": 2.5, "global": true}"#,
+        );
+        let t = info.too_many_requests.unwrap();
+        assert!(t.global);
+        assert_eq!(t.retry_after, Some(Duration::from_millis(2500)));
+
+        let h = headers(&[("x-ratelimit-scope", "shared")]);
+        let mut info = RateLimitInfo::from_headers(&h);
+        info.read_429_body(&h, br#"{"retry_after": 1, "global": false}"#);
+        assert!(!info.too_many_requests.unwrap().is_invalid());
+
+        let h = HeaderMap::new();
+        let mut info = RateLimitInfo::from_headers(&h);
+        info.read_429_body(&h, b"<html><title>Error 1015</title></html>");
+        let t = info.too_many_requests.unwrap();
+        assert!(t.cloudflare && !t.is_retryable() && t.is_invalid());
+
+        let mut info = RateLimitInfo::from_headers(&h);
+        info.read_429_body(
+            &h,
+            br#"{"message": "You are being rate limited.", "global": false}"#,
+        );
+        let t = info.too_many_requests.unwrap();
+        assert!(!t.cloudflare && !t.is_retryable());
+    }
+}

@@ -1,0 +1,147 @@
+//! The layer and its builder.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use crate::limiter::{Config, Limiter};
+use crate::route::{DiscordResolver, RouteResolver};
+use crate::service::RateLimit;
+
+/// Applies server-guided, per-route rate limiting to a service.
+///
+/// Every service this layer makes, and every clone of them, shares one
+/// [`Limiter`]. See the [crate docs](crate) for an example.
+#[derive(Debug, Clone, Default)]
+pub struct RateLimitLayer {
+    limiter: Limiter,
+}
+
+impl RateLimitLayer {
+    /// A layer with Discord's defaults: `max_rate_limit` 300 s, a global
+    /// limit of 50 requests per second per authentication, buckets expiring
+    /// 10 s after their reset, no invalid-request ceiling, and the
+    /// [`DiscordResolver`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A builder for a layer with other settings.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// A layer over an existing limiter, sharing its state.
+    pub fn with_limiter(limiter: Limiter) -> Self {
+        Self { limiter }
+    }
+
+    /// The limiter every service of this layer shares.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, self.limiter.clone())
+    }
+}
+
+/// Settings for a [`Limiter`] and its [`RateLimitLayer`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rest_ratelimit::RateLimitLayer;
+///
+/// let layer = RateLimitLayer::builder()
+///     .max_rate_limit(Duration::from_secs(30))
+///     .global_limit(None) // the server's 429s alone will tell
+///     .expire_after(Duration::from_secs(60))
+///     .invalid_request_ceiling(Some(9_000))
+///     .build();
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct Builder {
+    config: Config,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Builder").field(&self.config).finish()
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Builder {
+    /// Discord's defaults, as [`RateLimitLayer::new`].
+    pub fn new() -> Self {
+        Self {
+            config: Config {
+                max_rate_limit: Duration::from_secs(300),
+                global_per_second: Some(50),
+                expire_after: Duration::from_secs(10),
+                invalid_ceiling: None,
+                resolver: Arc::new(DiscordResolver),
+            },
+        }
+    }
+
+    /// The longest wait known up front that a request accepts; longer, it
+    /// fails at once with [`Error::RateLimitTooLong`](crate::Error::RateLimitTooLong)
+    /// and nothing is sent. Default 300 s.
+    pub fn max_rate_limit(mut self, max: Duration) -> Self {
+        self.config.max_rate_limit = max;
+        self
+    }
+
+    /// The proactive global limit, in requests per second per
+    /// authentication; `None` disables it (the global 429s still throttle).
+    /// Default `Some(50)`, Discord's limit for most bots; `Some(0)` is taken
+    /// as 1. A global 429 lowers it for a while.
+    pub fn global_limit(mut self, per_second: Option<u32>) -> Self {
+        self.config.global_per_second = per_second.map(|n| n.max(1));
+        self
+    }
+
+    /// How long past its reset an idle bucket is kept. Default 10 s.
+    pub fn expire_after(mut self, expire_after: Duration) -> Self {
+        self.config.expire_after = expire_after;
+        self
+    }
+
+    /// Fail new requests of an authentication with
+    /// [`Error::InvalidRequestLimit`](crate::Error::InvalidRequestLimit) once
+    /// it made this many invalid requests (401, 403, 429 but `shared`) in ten
+    /// minutes. Discord bans the IP at 10,000. Default `None` (off).
+    pub fn invalid_request_ceiling(mut self, ceiling: Option<u32>) -> Self {
+        self.config.invalid_ceiling = ceiling;
+        self
+    }
+
+    /// How requests without a [`CompiledRoute`](crate::route::CompiledRoute)
+    /// extension get one. Default [`DiscordResolver`].
+    pub fn resolver(mut self, resolver: impl RouteResolver) -> Self {
+        self.config.resolver = Arc::new(resolver);
+        self
+    }
+
+    /// A layer with a new limiter of these settings.
+    pub fn build(self) -> RateLimitLayer {
+        RateLimitLayer::with_limiter(self.build_limiter())
+    }
+
+    /// A limiter of these settings, to share between layers.
+    pub fn build_limiter(self) -> Limiter {
+        Limiter::from_config(self.config)
+    }
+}

@@ -1,0 +1,86 @@
+//! Client-side, server-guided rate limiting for HTTP APIs that publish
+//! per-route buckets, as a [tower] layer. Discord's REST API is the first
+//! dialect.
+//!
+//! The layer waits *before* sending, so that the server never has to answer
+//! 429. It learns every limit from the response headers
+//! (`X-RateLimit-Bucket`, `-Limit`, `-Remaining`, `-Reset-After`, …), keeps
+//! one quota per bucket, major parameter (channel, guild, webhook) and
+//! authentication, lets as many requests fly at once as a bucket has left,
+//! holds every bucket of a token during a global 429, keeps a proactive
+//! global limit (50 requests per second by default), and counts invalid
+//! requests so that Cloudflare never bans your IP.
+//!
+//! All clones of one layer share one [`Limiter`].
+//!
+//! # Example
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_rest_ratelimit::{RateLimitInfo, RateLimitLayer};
+//!
+//! # async fn run() -> Result<(), tower::BoxError> {
+//! let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+//! let mut discord = ServiceBuilder::new()
+//!     .layer(RateLimitLayer::new())
+//!     .service(client);
+//!
+//! let request = http::Request::post("http://discord.test/api/v10/channels/1/messages")
+//!     .header("authorization", "Bot token")
+//!     .body(Full::new(Bytes::from_static(br#"{"content":"hi"}"#)))?;
+//! let response = discord.ready().await?.call(request).await?;
+//! let info = response.extensions().get::<RateLimitInfo>();
+//! println!("{} ({:?} left)", response.status(), info.and_then(|i| i.remaining));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Routes
+//!
+//! A request is limited under its [`route::CompiledRoute`]: put one in the
+//! request's extensions, or let the [`route::DiscordResolver`] (the default
+//! [`route::RouteResolver`]) compile it from the method and path.
+//!
+//! # Readiness and composition
+//!
+//! `poll_ready` reserves nothing; the wait happens in the response future,
+//! which then drives a clone of the inner service to readiness, so no inner
+//! capacity is held while a request waits on its bucket. Put a timeout
+//! *outside* the layer to bound the wait and the request together (a request
+//! cancelled there gives its slot back).
+//!
+//! # Errors
+//!
+//! The service's error is `tower::BoxError`: the inner service's errors
+//! pass through unchanged, and the limiter's own failures are an [`Error`]
+//! to downcast to.
+//!
+//! [tower]: https://docs.rs/tower
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod body;
+mod error;
+mod future;
+mod headers;
+mod layer;
+mod limiter;
+pub mod route;
+mod service;
+
+pub use body::ResponseBody;
+pub use error::Error;
+pub use future::ResponseFuture;
+pub use headers::{RateLimitInfo, Scope, TooManyRequests};
+pub use layer::{Builder, RateLimitLayer};
+pub use limiter::{AuthHash, Limiter, Stats};
+pub use service::RateLimit;
+
+/// The service's error type, the same as `tower::BoxError`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

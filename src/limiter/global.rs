@@ -1,0 +1,229 @@
+//! What one authentication shares over all its buckets: the global throttle
+//! after a global 429, the proactive global limit, and the count of invalid
+//! requests. Pure state machines with time passed in.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+const SECOND: Duration = Duration::from_secs(1);
+/// Discord counts invalid requests over ten minutes.
+pub(crate) const INVALID_WINDOW: Duration = Duration::from_secs(600);
+const INVALID_SLOT: Duration = Duration::from_secs(10);
+
+/// At most `limit` requests in any one second, counted at grant time.
+///
+/// A global 429 lowers the limit to what the server admitted in that second;
+/// it then creeps back up by one per second without a global 429.
+#[derive(Debug, Clone)]
+pub(crate) struct GlobalLimit {
+    configured: u32,
+    effective: u32,
+    /// Grant times of the last second, oldest first.
+    grants: VecDeque<Instant>,
+    /// Since when `effective` has been below `configured` without a raise.
+    lowered_at: Instant,
+}
+
+impl GlobalLimit {
+    pub(crate) fn new(per_second: u32, now: Instant) -> Self {
+        let configured = per_second.max(1);
+        Self {
+            configured,
+            effective: configured,
+            grants: VecDeque::with_capacity(configured.min(64) as usize),
+            lowered_at: now,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn effective(&self) -> u32 {
+        self.effective
+    }
+
+    fn refresh(&mut self, now: Instant) {
+        while self.grants.front().is_some_and(|g| *g + SECOND <= now) {
+            self.grants.pop_front();
+        }
+        if self.effective < self.configured {
+            let secs = now.saturating_duration_since(self.lowered_at).as_secs();
+            if secs > 0 {
+                let raised = u64::from(self.effective) + secs;
+                self.effective = raised.min(u64::from(self.configured)) as u32;
+                self.lowered_at += Duration::from_secs(secs);
+            }
+        }
+    }
+
+    /// `None` when a request may go now, or when the next one may.
+    pub(crate) fn check(&mut self, now: Instant) -> Option<Instant> {
+        self.refresh(now);
+        let len = self.grants.len();
+        let limit = self.effective as usize;
+        (len >= limit).then(|| self.grants[len - limit] + SECOND)
+    }
+
+    pub(crate) fn take(&mut self, now: Instant) {
+        self.grants.push_back(now);
+    }
+
+    /// A global 429 came: the server admitted fewer than we granted.
+    pub(crate) fn lower(&mut self, now: Instant) {
+        self.refresh(now);
+        let admitted = (self.grants.len() as u32).saturating_sub(1).max(1);
+        if admitted < self.effective {
+            tracing::debug!(
+                from = self.effective,
+                to = admitted,
+                "global 429: lowering the proactive global limit"
+            );
+            self.effective = admitted;
+        }
+        self.lowered_at = now;
+    }
+
+    fn is_idle(&mut self, now: Instant) -> bool {
+        self.refresh(now);
+        self.grants.is_empty() && self.effective == self.configured
+    }
+}
+
+/// Invalid requests over a sliding ten minutes, in ten-second slots.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InvalidCount {
+    slots: VecDeque<(Instant, u32)>,
+}
+
+impl InvalidCount {
+    fn prune(&mut self, now: Instant) {
+        while self
+            .slots
+            .front()
+            .is_some_and(|(start, _)| *start + INVALID_WINDOW <= now)
+        {
+            self.slots.pop_front();
+        }
+    }
+
+    pub(crate) fn add(&mut self, now: Instant) {
+        self.prune(now);
+        match self.slots.back_mut() {
+            Some((start, n)) if *start + INVALID_SLOT > now => *n += 1,
+            _ => self.slots.push_back((now, 1)),
+        }
+    }
+
+    pub(crate) fn count(&mut self, now: Instant) -> u32 {
+        self.prune(now);
+        self.slots.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// The state of one authentication.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthState {
+    throttle_until: Option<Instant>,
+    pub(crate) limit: Option<GlobalLimit>,
+    pub(crate) invalid: InvalidCount,
+}
+
+impl AuthState {
+    pub(crate) fn new(per_second: Option<u32>, now: Instant) -> Self {
+        Self {
+            throttle_until: None,
+            limit: per_second.map(|n| GlobalLimit::new(n, now)),
+            invalid: InvalidCount::default(),
+        }
+    }
+
+    /// The end of the global throttle, if one is active.
+    pub(crate) fn throttled(&self, now: Instant) -> Option<Instant> {
+        self.throttle_until.filter(|u| *u > now)
+    }
+
+    /// A global 429: hold every bucket until the later of the current end
+    /// and `until`, and lower the proactive limit.
+    pub(crate) fn throttle(&mut self, until: Instant, now: Instant) {
+        self.throttle_until = Some(self.throttle_until.map_or(until, |t| t.max(until)));
+        if let Some(limit) = &mut self.limit {
+            limit.lower(now);
+        }
+    }
+
+    pub(crate) fn is_idle(&mut self, now: Instant) -> bool {
+        self.throttled(now).is_none()
+            && self.invalid.count(now) == 0
+            && self.limit.as_mut().is_none_or(|l| l.is_idle(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_more_than_the_limit_in_any_second() {
+        let t0 = Instant::now();
+        let mut g = GlobalLimit::new(3, t0);
+        let mut sent = Vec::new();
+        let mut now = t0;
+        while sent.len() < 10 {
+            match g.check(now) {
+                None => {
+                    g.take(now);
+                    sent.push(now);
+                }
+                Some(until) => {
+                    assert!(until > now);
+                    now = until;
+                }
+            }
+        }
+        for (i, a) in sent.iter().enumerate() {
+            let in_window = sent[i..].iter().filter(|b| **b < *a + SECOND).count();
+            assert!(in_window <= 3, "{in_window} in one second");
+        }
+        assert_eq!(sent[3], t0 + SECOND);
+    }
+
+    #[test]
+    fn a_global_429_lowers_and_it_creeps_back() {
+        let t0 = Instant::now();
+        let mut a = AuthState::new(Some(50), t0);
+        for _ in 0..30 {
+            assert_eq!(a.limit.as_mut().unwrap().check(t0), None);
+            a.limit.as_mut().unwrap().take(t0);
+        }
+        a.throttle(t0 + SECOND, t0);
+        assert_eq!(a.throttled(t0), Some(t0 + SECOND));
+        assert_eq!(a.throttled(t0 + SECOND), None);
+        assert_eq!(a.limit.as_ref().unwrap().effective(), 29);
+        let l = a.limit.as_mut().unwrap();
+        l.check(t0 + Duration::from_secs(5));
+        assert_eq!(l.effective(), 34);
+        l.check(t0 + Duration::from_secs(100));
+        assert_eq!(l.effective(), 50);
+    }
+
+    #[test]
+    fn throttle_only_extends() {
+        let t0 = Instant::now();
+        let mut a = AuthState::new(None, t0);
+        a.throttle(t0 + Duration::from_secs(5), t0);
+        a.throttle(t0 + Duration::from_secs(2), t0);
+        assert_eq!(a.throttled(t0), Some(t0 + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn invalid_requests_slide_out_after_ten_minutes() {
+        let t0 = Instant::now();
+        let mut c = InvalidCount::default();
+        for i in 0..100 {
+            c.add(t0 + Duration::from_secs(i));
+        }
+        assert_eq!(c.count(t0 + Duration::from_secs(100)), 100);
+        assert_eq!(c.count(t0 + Duration::from_secs(605)), 90);
+        assert_eq!(c.count(t0 + Duration::from_secs(700)), 0);
+    }
+}

@@ -1,0 +1,350 @@
+//! The in-memory store: every bucket and authentication of one limiter,
+//! deciding and updating under one lock, never sleeping.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::sync::{Mutex as AsyncMutex, Notify};
+use tokio::time::Instant;
+
+use super::bucket::Bucket;
+use super::global::AuthState;
+use super::{AuthHash, Config};
+use crate::error::Error;
+use crate::headers::{is_invalid_status, RateLimitInfo};
+use crate::route::{CompiledRoute, Limits, Major, Route};
+
+/// What a bucket is known by: its hash once learned, its route until then.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum BucketId {
+    Hash(Arc<str>),
+    Route(Route),
+}
+
+/// Where quota lives: (bucket hash or route, major parameters, authentication).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct BucketKey {
+    pub(crate) id: BucketId,
+    pub(crate) major: Major,
+    pub(crate) auth: AuthHash,
+}
+
+/// The FIFO of requests waiting on one bucket: the head holds `turn` and is
+/// the only one that asks the store.
+#[derive(Debug, Default)]
+pub(crate) struct Queue {
+    pub(crate) turn: AsyncMutex<()>,
+    pub(crate) notify: Notify,
+    waiters: AtomicUsize,
+}
+
+/// One waiting request's place; counts as a waiter until dropped.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    pub(crate) queue: Arc<Queue>,
+    pub(crate) key: BucketKey,
+}
+
+impl Waiter {
+    pub(crate) fn new(queue: &Arc<Queue>, key: BucketKey) -> Self {
+        queue.waiters.fetch_add(1, Ordering::Relaxed);
+        Self {
+            queue: Arc::clone(queue),
+            key,
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.queue.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    bucket: Bucket,
+    queue: Arc<Queue>,
+}
+
+impl Entry {
+    fn new(now: Instant) -> Self {
+        Self {
+            bucket: Bucket::new(now),
+            queue: Arc::default(),
+        }
+    }
+}
+
+/// A granted slot, to be handed back through `record` or `release`.
+#[derive(Debug)]
+pub(crate) struct Grant {
+    pub(crate) key: BucketKey,
+    pub(crate) route: Route,
+    generation: u32,
+}
+
+/// The store's answer to a request for a slot.
+#[derive(Debug)]
+pub(crate) enum Acquire {
+    Granted(Grant),
+    Wait {
+        /// Until when, if known; else until the bucket's queue is notified.
+        until: Option<Instant>,
+        /// The wait comes from the global throttle or limit.
+        global: bool,
+        /// The bucket's queue, to wait in.
+        queue: Arc<Queue>,
+        key: BucketKey,
+    },
+}
+
+/// Counts for [`Limiter::stats`](crate::Limiter::stats).
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) buckets: usize,
+    pub(crate) routes: usize,
+    pub(crate) waiters: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) invalid: Vec<(AuthHash, u32)>,
+    pub(crate) throttled: usize,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Manager {
+    routes: HashMap<Route, Arc<str>>,
+    buckets: HashMap<BucketKey, Entry>,
+    auths: HashMap<AuthHash, AuthState>,
+}
+
+impl Manager {
+    fn key(&self, route: &CompiledRoute, auth: AuthHash) -> BucketKey {
+        let id = match self.routes.get(route.route()) {
+            Some(hash) => BucketId::Hash(Arc::clone(hash)),
+            None => BucketId::Route(route.route().clone()),
+        };
+        BucketKey {
+            id,
+            major: route.major().clone(),
+            auth,
+        }
+    }
+
+    fn auth(&mut self, auth: AuthHash, config: &Config, now: Instant) -> &mut AuthState {
+        self.auths
+            .entry(auth)
+            .or_insert_with(|| AuthState::new(config.global_per_second, now))
+    }
+
+    /// Asks for a slot. `head` is the key the caller already waits at the
+    /// head of, if any: only the head of a non-empty queue is answered.
+    pub(crate) fn acquire(
+        &mut self,
+        route: &CompiledRoute,
+        auth: AuthHash,
+        head: Option<&BucketKey>,
+        config: &Config,
+        now: Instant,
+    ) -> Result<Acquire, Error> {
+        let global = route.limits() == Limits::All;
+        let state = self.auth(auth, config, now);
+        if let Some(ceiling) = config.invalid_ceiling {
+            let count = state.invalid.count(now);
+            if count >= ceiling {
+                return Err(Error::InvalidRequestLimit { count, ceiling });
+            }
+        }
+        let throttled = if global { state.throttled(now) } else { None };
+
+        let key = self.key(route, auth);
+        let is_head = head == Some(&key);
+        let entry = self
+            .buckets
+            .entry(key.clone())
+            .or_insert_with(|| Entry::new(now));
+        let wait = |until, global, entry: &Entry, key: BucketKey| Acquire::Wait {
+            until,
+            global,
+            queue: Arc::clone(&entry.queue),
+            key,
+        };
+
+        if !is_head && entry.queue.waiters.load(Ordering::Relaxed) > 0 {
+            let bucket_until = entry.bucket.known_wait(now);
+            let (until, global) = match (bucket_until, throttled) {
+                (Some(b), Some(g)) if g >= b => (Some(g), true),
+                (Some(b), _) => (Some(b), false),
+                (None, Some(g)) => (Some(g), true),
+                (None, None) => (None, false),
+            };
+            return Ok(wait(until, global, entry, key));
+        }
+        if let Some(until) = throttled {
+            return Ok(wait(Some(until), true, entry, key));
+        }
+        if let Some(until) = entry.bucket.check(now) {
+            return Ok(wait(until, false, entry, key));
+        }
+        if global {
+            let limit = self.auths.get_mut(&auth).and_then(|a| a.limit.as_mut());
+            if let Some(limit) = limit {
+                if let Some(until) = limit.check(now) {
+                    let entry = &self.buckets[&key];
+                    return Ok(wait(Some(until), true, entry, key));
+                }
+                limit.take(now);
+            }
+        }
+        let entry = self.buckets.get_mut(&key).expect("entry inserted above");
+        let generation = entry.bucket.take(now);
+        Ok(Acquire::Granted(Grant {
+            key,
+            route: route.route().clone(),
+            generation,
+        }))
+    }
+
+    /// A granted request ended without an answer; `sent` tells whether it
+    /// may have reached the server.
+    pub(crate) fn release(&mut self, grant: Grant, sent: bool) {
+        if let Some(entry) = self.buckets.get_mut(&grant.key) {
+            entry.bucket.release(grant.generation, sent);
+            entry.queue.notify.notify_waiters();
+        }
+    }
+
+    /// Learns from the answer to a granted request.
+    pub(crate) fn record(
+        &mut self,
+        grant: Grant,
+        status: StatusCode,
+        info: &RateLimitInfo,
+        config: &Config,
+        now: Instant,
+    ) {
+        let Grant {
+            key,
+            route,
+            generation,
+        } = grant;
+        let rejected = info.too_many_requests.as_ref();
+        let auth = key.auth;
+        let invalid = is_invalid_status(status) || rejected.is_some_and(|t| t.is_invalid());
+        let hold = rejected.and_then(|t| {
+            let fallback = if t.global { None } else { info.reset_after };
+            t.retry_after.or(info.retry_after).or(fallback)
+        });
+        if invalid || rejected.is_some_and(|t| t.global) {
+            let state = self.auth(auth, config, now);
+            if invalid {
+                state.invalid.add(now);
+            }
+            if let (Some(t), Some(hold)) = (rejected, hold) {
+                if t.global {
+                    tracing::debug!(?auth, ?hold, "global 429: throttling every bucket");
+                    state.throttle(now + hold, now);
+                }
+            }
+        }
+        if let Some(t) = rejected {
+            tracing::debug!(%route, ?hold, scope = ?t.scope, global = t.global, cloudflare = t.cloudflare, "429");
+        }
+
+        // The route's bucket hash, learned or changed.
+        let mut target = key.clone();
+        if let Some(hash) = &info.bucket {
+            match self.routes.get(&route) {
+                Some(old) if old == hash => {}
+                old => {
+                    match old {
+                        Some(old) => tracing::debug!(%route, %old, new = %hash, "bucket remapped"),
+                        None => tracing::debug!(%route, bucket = %hash, "bucket learned"),
+                    }
+                    self.routes.insert(route, Arc::clone(hash));
+                }
+            }
+            target.id = BucketId::Hash(Arc::clone(hash));
+        }
+
+        if let Some(entry) = self.buckets.get_mut(&key) {
+            entry.bucket.release(generation, true);
+            entry.queue.notify.notify_waiters();
+        }
+        let entry = match self.buckets.entry(target) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                tracing::debug!(bucket = ?e.key().id, major = ?e.key().major, "bucket created");
+                e.insert(Entry::new(now))
+            }
+        };
+        let bucket = &mut entry.bucket;
+        match (rejected, hold) {
+            (Some(t), Some(hold)) if !t.global => bucket.block(now + hold),
+            _ if info.has_bucket_headers() => bucket.apply(info, now),
+            _ if status.is_success() => bucket.no_headers(),
+            _ => {}
+        }
+        entry.queue.notify.notify_waiters();
+    }
+
+    /// Drops stale buckets, routes whose bucket is gone, and idle
+    /// authentications. Returns how many buckets were dropped.
+    pub(crate) fn sweep(&mut self, expire_after: Duration, now: Instant) -> usize {
+        let before = self.buckets.len();
+        self.buckets.retain(|_, e| {
+            Arc::strong_count(&e.queue) > 1
+                || e.queue.waiters.load(Ordering::Relaxed) > 0
+                || !e.bucket.is_stale(now, expire_after)
+        });
+        let live: HashSet<&Arc<str>> = self
+            .buckets
+            .keys()
+            .filter_map(|k| match &k.id {
+                BucketId::Hash(h) => Some(h),
+                BucketId::Route(_) => None,
+            })
+            .collect();
+        self.routes.retain(|_, hash| live.contains(hash));
+        self.auths.retain(|_, a| !a.is_idle(now));
+        before - self.buckets.len()
+    }
+
+    pub(crate) fn counts(&mut self, now: Instant) -> Counts {
+        let mut counts = Counts {
+            buckets: self.buckets.len(),
+            routes: self.routes.len(),
+            ..Counts::default()
+        };
+        for e in self.buckets.values() {
+            counts.waiters += e.queue.waiters.load(Ordering::Relaxed);
+            counts.in_flight += e.bucket.in_flight() as usize;
+        }
+        for (auth, state) in &mut self.auths {
+            let n = state.invalid.count(now);
+            if n > 0 {
+                counts.invalid.push((*auth, n));
+            }
+            if state.throttled(now).is_some() {
+                counts.throttled += 1;
+            }
+        }
+        counts.invalid.sort_unstable_by_key(|(a, _)| *a);
+        counts
+    }
+
+    pub(crate) fn invalid_count(&mut self, auth: AuthHash, now: Instant) -> u32 {
+        self.auths
+            .get_mut(&auth)
+            .map_or(0, |a| a.invalid.count(now))
+    }
+
+    /// Wakes every waiting head (on close).
+    pub(crate) fn notify_all(&self) {
+        for e in self.buckets.values() {
+            e.queue.notify.notify_waiters();
+        }
+    }
+}

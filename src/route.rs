@@ -1,0 +1,214 @@
+//! Routes, compiled routes and the resolvers that find them.
+//!
+//! Every request is rate limited under a [`CompiledRoute`]: the [`Route`]
+//! (method and path template, `POST /channels/{channel_id}/messages`) plus the
+//! values of its major parameters (`channel_id=123`). A caller may put a
+//! `CompiledRoute` into the request's extensions; otherwise the layer's
+//! [`RouteResolver`] compiles one from the method and URI. The default,
+//! [`DiscordResolver`], knows Discord's paths.
+//!
+//! ```
+//! use http::Method;
+//! use tower_rest_ratelimit::route::{CompiledRoute, DiscordResolver, Route, RouteResolver};
+//!
+//! let uri = "https://discord.com/api/v10/channels/123/messages".parse().unwrap();
+//! let compiled = DiscordResolver.resolve(&Method::POST, &uri);
+//! assert_eq!(compiled.route().to_string(), "POST /channels/{channel_id}/messages");
+//! assert_eq!(compiled.major().value(), Some("channel_id=123"));
+//!
+//! // The same thing, spelled out by the caller and put into the request:
+//! let mine = CompiledRoute::new(Route::new(Method::POST, "/channels/{channel_id}/messages"))
+//!     .with_major("channel_id", "123");
+//! assert_eq!(mine, compiled);
+//! ```
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use http::{Method, Uri};
+
+mod discord;
+
+pub use discord::DiscordResolver;
+
+/// A method and a path template: `POST /channels/{channel_id}/messages`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    method: Method,
+    template: Arc<str>,
+}
+
+impl Route {
+    /// A route from a method and a path template.
+    pub fn new(method: Method, template: impl Into<Arc<str>>) -> Self {
+        Self {
+            method,
+            template: template.into(),
+        }
+    }
+
+    /// The method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The path template, `/channels/{channel_id}/messages`.
+    pub fn template(&self) -> &str {
+        &self.template
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.method, self.template)
+    }
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Route({self})")
+    }
+}
+
+/// The values of a route's major parameters, which split one bucket hash
+/// into separate quotas.
+///
+/// A secret part (a webhook token) is kept only as a hash.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Major {
+    value: Option<Arc<str>>,
+    secret: Option<u64>,
+}
+
+impl Major {
+    /// The public part, `channel_id=123`, if any.
+    pub fn value(&self) -> Option<&str> {
+        self.value.as_deref()
+    }
+
+    /// Whether a secret part (hashed) is included.
+    pub fn has_secret(&self) -> bool {
+        self.secret.is_some()
+    }
+}
+
+impl fmt::Debug for Major {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.value, self.secret) {
+            (None, None) => f.write_str("-"),
+            (Some(v), None) => f.write_str(v),
+            (v, Some(h)) => write!(f, "{}+secret#{:016x}", v.as_deref().unwrap_or(""), h),
+        }
+    }
+}
+
+/// Which limits apply to a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Limits {
+    /// Its bucket and the global limit (almost every route).
+    #[default]
+    All,
+    /// Its bucket only, not the global limit (Discord's interaction
+    /// follow-ups).
+    BucketOnly,
+    /// None: the request goes straight through (Discord's interaction
+    /// callbacks and `POST /oauth2/token`).
+    None,
+}
+
+/// A [`Route`] plus the values of its major parameters: what one request is
+/// rate limited under.
+///
+/// Put one into a request's extensions to skip the resolver.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CompiledRoute {
+    route: Route,
+    major: Major,
+    limits: Limits,
+}
+
+impl CompiledRoute {
+    /// A compiled route with no major parameter, under every limit.
+    pub fn new(route: Route) -> Self {
+        Self {
+            route,
+            major: Major::default(),
+            limits: Limits::All,
+        }
+    }
+
+    /// Adds a major parameter, kept as `name=value`.
+    pub fn with_major(mut self, name: &str, value: &str) -> Self {
+        let joined = match self.major.value.as_deref() {
+            Some(prev) => format!("{prev}&{name}={value}"),
+            None => format!("{name}={value}"),
+        };
+        self.major.value = Some(joined.into());
+        self
+    }
+
+    /// Adds a secret major parameter (a webhook token), kept only as a hash.
+    pub fn with_secret_major(mut self, secret: &str) -> Self {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        secret.hash(&mut h);
+        self.major.secret = Some(h.finish());
+        self
+    }
+
+    /// Sets which limits apply.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The route.
+    pub fn route(&self) -> &Route {
+        &self.route
+    }
+
+    /// The major parameter values.
+    pub fn major(&self) -> &Major {
+        &self.major
+    }
+
+    /// Which limits apply.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+}
+
+impl fmt::Debug for CompiledRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CompiledRoute({} [{:?}]", self.route, self.major)?;
+        if self.limits != Limits::All {
+            write!(f, " {:?}", self.limits)?;
+        }
+        f.write_str(")")
+    }
+}
+
+impl fmt::Display for CompiledRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Compiles the route of a request that carries no [`CompiledRoute`]
+/// extension.
+///
+/// Closures `Fn(&Method, &Uri) -> CompiledRoute` are resolvers too.
+pub trait RouteResolver: Send + Sync + 'static {
+    /// The compiled route for a method and URI.
+    fn resolve(&self, method: &Method, uri: &Uri) -> CompiledRoute;
+}
+
+impl<F> RouteResolver for F
+where
+    F: Fn(&Method, &Uri) -> CompiledRoute + Send + Sync + 'static,
+{
+    fn resolve(&self, method: &Method, uri: &Uri) -> CompiledRoute {
+        self(method, uri)
+    }
+}

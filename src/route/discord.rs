@@ -1,0 +1,262 @@
+//! The resolver for Discord's REST paths.
+
+use http::{Method, Uri};
+
+use super::{CompiledRoute, Limits, Route, RouteResolver};
+
+/// Interaction tokens are base64 and start with `interaction:`.
+const INTERACTION_TOKEN_PREFIX: &str = "aW50ZXJhY3Rpb24";
+
+/// Compiles Discord REST paths.
+///
+/// - strips `/api` and `/vN`;
+/// - turns ids into `{name}` parameters named after the segment before them
+///   (`/channels/123` → `/channels/{channel_id}`), the segment after
+///   `reactions` into `{emoji}`, and the token after a webhook or interaction
+///   id into `{webhook_token}` / `{interaction_token}`;
+/// - takes the id after a leading `channels`, `guilds` or `webhooks` as the
+///   major parameter, with the webhook token (hashed) when there is one;
+/// - exempts `POST /interactions/{id}/{token}/callback` and
+///   `POST /oauth2/token` from every limit, and interaction follow-ups
+///   (`/webhooks/{application_id}/{interaction token}...`) from the global one.
+///
+/// ```
+/// use http::Method;
+/// use tower_rest_ratelimit::route::{DiscordResolver, Limits, RouteResolver};
+///
+/// let uri = "/api/v10/channels/1/messages/2/reactions/%F0%9F%91%8D/@me".parse().unwrap();
+/// let r = DiscordResolver.resolve(&Method::PUT, &uri);
+/// assert_eq!(
+///     r.route().template(),
+///     "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me"
+/// );
+///
+/// let uri = "/api/v10/interactions/1/aW50ZXJhY3Rpb246abc/callback".parse().unwrap();
+/// assert_eq!(DiscordResolver.resolve(&Method::POST, &uri).limits(), Limits::None);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiscordResolver;
+
+impl RouteResolver for DiscordResolver {
+    fn resolve(&self, method: &Method, uri: &Uri) -> CompiledRoute {
+        resolve(method, uri.path())
+    }
+}
+
+fn is_id(seg: &str) -> bool {
+    !seg.is_empty() && seg.len() <= 20 && seg.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_version(seg: &str) -> bool {
+    seg.len() > 1 && seg.starts_with('v') && seg[1..].bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Pushes `{name_id}` for an id after `word`: `channels` → `{channel_id}`,
+/// `entries` → `{entry_id}`, nothing before it → `{id}`.
+fn push_param(template: &mut String, word: &str) {
+    template.push('{');
+    if let Some(stem) = word.strip_suffix("ies") {
+        template.push_str(stem);
+        template.push('y');
+    } else {
+        template.push_str(word.strip_suffix('s').unwrap_or(word));
+    }
+    template.push_str(if word.is_empty() { "id}" } else { "_id}" });
+}
+
+fn resolve(method: &Method, path: &str) -> CompiledRoute {
+    let mut segs = path.split('/').skip(1).peekable();
+    if segs.peek() == Some(&"api") {
+        segs.next();
+    }
+    if segs.peek().is_some_and(|s| is_version(s)) {
+        segs.next();
+    }
+    let segs: Vec<&str> = segs.collect();
+
+    let mut template = String::with_capacity(path.len() + 16);
+    let mut compiled_major: Option<(&str, &str)> = None;
+    let mut secret: Option<&str> = None;
+    let mut limits = Limits::All;
+    let top = segs.first().copied().unwrap_or("");
+
+    for (i, seg) in segs.iter().enumerate() {
+        template.push('/');
+        let prev = if i > 0 { segs[i - 1] } else { "" };
+        if prev == "reactions" {
+            template.push_str("{emoji}");
+        } else if i == 2 && (top == "webhooks" || top == "interactions") && is_id(segs[1]) {
+            if top == "webhooks" {
+                template.push_str("{webhook_token}");
+                secret = Some(seg);
+                if seg.starts_with(INTERACTION_TOKEN_PREFIX) {
+                    limits = Limits::BucketOnly;
+                }
+            } else {
+                template.push_str("{interaction_token}");
+            }
+        } else if is_id(seg) {
+            let after = if i >= 2 && segs[i - 2] == "reactions" {
+                "users"
+            } else {
+                prev
+            };
+            push_param(&mut template, after);
+            if i == 1 && matches!(top, "channels" | "guilds" | "webhooks") {
+                compiled_major = Some((top, seg));
+            }
+        } else {
+            template.push_str(seg);
+        }
+    }
+    if template.is_empty() {
+        template.push('/');
+    }
+
+    if *method == Method::POST {
+        let callback = segs.len() == 4 && top == "interactions" && segs[3] == "callback";
+        let oauth = segs.len() == 2 && top == "oauth2" && segs[1] == "token";
+        if callback || oauth {
+            limits = Limits::None;
+        }
+    }
+
+    let mut compiled = CompiledRoute::new(Route::new(method.clone(), template)).with_limits(limits);
+    if let Some((top, id)) = compiled_major {
+        let name = match top {
+            "channels" => "channel_id",
+            "guilds" => "guild_id",
+            _ => "webhook_id",
+        };
+        compiled = compiled.with_major(name, id);
+    }
+    if let Some(token) = secret {
+        compiled = compiled.with_secret_major(token);
+    }
+    compiled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(method: Method, path: &str) -> CompiledRoute {
+        resolve(&method, path)
+    }
+
+    #[test]
+    fn strips_prefix_and_names_ids() {
+        let c = r(Method::POST, "/api/v10/channels/123/messages");
+        assert_eq!(
+            c.route().to_string(),
+            "POST /channels/{channel_id}/messages"
+        );
+        assert_eq!(c.major().value(), Some("channel_id=123"));
+        assert_eq!(c.limits(), Limits::All);
+
+        let c = r(Method::GET, "/channels/123/messages/456");
+        assert_eq!(
+            c.route().template(),
+            "/channels/{channel_id}/messages/{message_id}"
+        );
+        assert_eq!(c.major().value(), Some("channel_id=123"));
+    }
+
+    #[test]
+    fn guild_major_and_minor_ids() {
+        let c = r(Method::PATCH, "/api/v9/guilds/1/members/2");
+        assert_eq!(
+            c.route().template(),
+            "/guilds/{guild_id}/members/{member_id}"
+        );
+        assert_eq!(c.major().value(), Some("guild_id=1"));
+        let d = r(Method::PATCH, "/api/v9/guilds/1/members/3");
+        assert_eq!(c, d, "minor parameters do not split the route");
+        let e = r(Method::PATCH, "/api/v9/guilds/4/members/2");
+        assert_ne!(c, e);
+    }
+
+    #[test]
+    fn reactions_share_one_template_per_method() {
+        let put = r(
+            Method::PUT,
+            "/channels/1/messages/2/reactions/%F0%9F%91%8D/@me",
+        );
+        let put2 = r(
+            Method::PUT,
+            "/channels/1/messages/3/reactions/custom:99/@me",
+        );
+        assert_eq!(put, put2);
+        assert_eq!(
+            put.route().template(),
+            "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me"
+        );
+        let user = r(Method::DELETE, "/channels/1/messages/2/reactions/x/55");
+        assert_eq!(
+            user.route().template(),
+            "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/{user_id}"
+        );
+    }
+
+    #[test]
+    fn webhook_token_is_a_hashed_major() {
+        let a = r(Method::POST, "/api/v10/webhooks/1/secret-token-a");
+        let b = r(Method::POST, "/api/v10/webhooks/1/secret-token-b");
+        let none = r(Method::POST, "/api/v10/webhooks/1");
+        assert_eq!(
+            a.route().template(),
+            "/webhooks/{webhook_id}/{webhook_token}"
+        );
+        assert_eq!(a.route(), b.route());
+        assert_ne!(a, b);
+        assert_ne!(a.major(), none.major());
+        assert!(a.major().has_secret());
+        let shown = format!("{a:?} {a} {:?}", a.major());
+        assert!(!shown.contains("secret-token-a"), "{shown}");
+    }
+
+    #[test]
+    fn interaction_routes() {
+        let cb = r(
+            Method::POST,
+            "/api/v10/interactions/9/aW50ZXJhY3Rpb246SECRETX/callback",
+        );
+        assert_eq!(cb.limits(), Limits::None);
+        assert_eq!(
+            cb.route().template(),
+            "/interactions/{interaction_id}/{interaction_token}/callback"
+        );
+        assert!(!format!("{cb:?}").contains("SECRETX"));
+        let followup = r(Method::POST, "/api/v10/webhooks/9/aW50ZXJhY3Rpb246SECRETX");
+        assert_eq!(followup.limits(), Limits::BucketOnly);
+        let edit = r(
+            Method::PATCH,
+            "/webhooks/9/aW50ZXJhY3Rpb246SECRETX/messages/@original",
+        );
+        assert_eq!(edit.limits(), Limits::BucketOnly);
+        assert_eq!(r(Method::POST, "/oauth2/token").limits(), Limits::None);
+        assert_eq!(r(Method::GET, "/oauth2/token").limits(), Limits::All);
+    }
+
+    #[test]
+    fn odd_paths_do_not_panic() {
+        for p in [
+            "",
+            "/",
+            "//",
+            "/api",
+            "/api/v",
+            "/api/v10/",
+            "/x/1/2/3",
+            "/reactions",
+        ] {
+            let c = r(Method::GET, p);
+            assert!(c.route().template().starts_with('/'), "{p:?}");
+        }
+        assert_eq!(
+            r(Method::GET, "/users/@me").route().template(),
+            "/users/@me"
+        );
+        assert_eq!(r(Method::GET, "/12").route().template(), "/{id}");
+    }
+}
