@@ -3,8 +3,10 @@
 //! requests. Pure state machines with time passed in.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -12,7 +14,14 @@ const SECOND: Duration = Duration::from_secs(1);
 pub(crate) const INVALID_WINDOW: Duration = Duration::from_secs(600);
 const INVALID_SLOT: Duration = Duration::from_secs(10);
 
-/// At most `limit` requests in any one second, counted at grant time.
+/// At most `limit` requests in any one second *at the server*.
+///
+/// The server counts a request when it arrives, which the client cannot see:
+/// somewhere between the grant and the response. So a slot is held from the
+/// grant until one second after the response (or the release); then no two
+/// requests that held different turns of the same slot can arrive less than
+/// a second apart, whatever the latency. The cost is one round trip per
+/// slot per second.
 ///
 /// A global 429 lowers the limit to what the server admitted in that second;
 /// it then creeps back up by one per second without a global 429.
@@ -20,8 +29,10 @@ const INVALID_SLOT: Duration = Duration::from_secs(10);
 pub(crate) struct GlobalLimit {
     configured: u32,
     effective: u32,
-    /// Grant times of the last second, oldest first.
-    grants: VecDeque<Instant>,
+    /// Granted and not yet answered or released.
+    in_flight: u32,
+    /// When the answers of the last second came, oldest first.
+    ends: VecDeque<Instant>,
     /// Since when `effective` has been below `configured` without a raise.
     lowered_at: Instant,
 }
@@ -32,7 +43,8 @@ impl GlobalLimit {
         Self {
             configured,
             effective: configured,
-            grants: VecDeque::with_capacity(configured.min(64) as usize),
+            in_flight: 0,
+            ends: VecDeque::with_capacity(configured.min(64) as usize),
             lowered_at: now,
         }
     }
@@ -43,8 +55,8 @@ impl GlobalLimit {
     }
 
     fn refresh(&mut self, now: Instant) {
-        while self.grants.front().is_some_and(|g| *g + SECOND <= now) {
-            self.grants.pop_front();
+        while self.ends.front().is_some_and(|e| *e + SECOND <= now) {
+            self.ends.pop_front();
         }
         if self.effective < self.configured {
             let secs = now.saturating_duration_since(self.lowered_at).as_secs();
@@ -56,22 +68,41 @@ impl GlobalLimit {
         }
     }
 
-    /// `None` when a request may go now, or when the next one may.
-    pub(crate) fn check(&mut self, now: Instant) -> Option<Instant> {
+    /// `None` when a request may go now; otherwise when the next one may, or
+    /// (`Some(None)`) after the next answer.
+    pub(crate) fn check(&mut self, now: Instant) -> Option<Option<Instant>> {
         self.refresh(now);
-        let len = self.grants.len();
+        let held = self.in_flight as usize + self.ends.len();
         let limit = self.effective as usize;
-        (len >= limit).then(|| self.grants[len - limit] + SECOND)
+        if held < limit {
+            return None;
+        }
+        // The ends free their slots in order; answers still to come free
+        // theirs only a second after they come.
+        Some((self.in_flight < self.effective).then(|| self.ends[held - limit] + SECOND))
     }
 
-    pub(crate) fn take(&mut self, now: Instant) {
-        self.grants.push_back(now);
+    pub(crate) fn take(&mut self) {
+        self.in_flight += 1;
     }
 
-    /// A global 429 came: the server admitted fewer than we granted.
+    /// A granted request was answered (or dropped after it was sent).
+    pub(crate) fn finish(&mut self, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.ends.push_back(now);
+    }
+
+    /// A granted request was dropped before it was sent.
+    pub(crate) fn cancel(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// A global 429 came: the server admitted fewer than we let through.
     pub(crate) fn lower(&mut self, now: Instant) {
         self.refresh(now);
-        let admitted = (self.grants.len() as u32).saturating_sub(1).max(1);
+        let held = self.in_flight + self.ends.len() as u32;
+        // The 429'd request itself was not admitted.
+        let admitted = held.saturating_sub(1).max(1);
         if admitted < self.effective {
             tracing::debug!(
                 from = self.effective,
@@ -85,7 +116,7 @@ impl GlobalLimit {
 
     fn is_idle(&mut self, now: Instant) -> bool {
         self.refresh(now);
-        self.grants.is_empty() && self.effective == self.configured
+        self.in_flight == 0 && self.ends.is_empty() && self.effective == self.configured
     }
 }
 
@@ -121,11 +152,13 @@ impl InvalidCount {
 }
 
 /// The state of one authentication.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct AuthState {
     throttle_until: Option<Instant>,
     pub(crate) limit: Option<GlobalLimit>,
     pub(crate) invalid: InvalidCount,
+    /// Wakes the requests waiting on the global limit when a slot frees.
+    pub(crate) freed: Arc<Notify>,
 }
 
 impl AuthState {
@@ -134,6 +167,7 @@ impl AuthState {
             throttle_until: None,
             limit: per_second.map(|n| GlobalLimit::new(n, now)),
             invalid: InvalidCount::default(),
+            freed: Arc::default(),
         }
     }
 
@@ -152,7 +186,8 @@ impl AuthState {
     }
 
     pub(crate) fn is_idle(&mut self, now: Instant) -> bool {
-        self.throttled(now).is_none()
+        Arc::strong_count(&self.freed) == 1
+            && self.throttled(now).is_none()
             && self.invalid.count(now) == 0
             && self.limit.as_mut().is_none_or(|l| l.is_idle(now))
     }
@@ -162,29 +197,62 @@ impl AuthState {
 mod tests {
     use super::*;
 
-    #[test]
-    fn never_more_than_the_limit_in_any_second() {
-        let t0 = Instant::now();
-        let mut g = GlobalLimit::new(3, t0);
-        let mut sent = Vec::new();
+    /// Grants as soon as allowed, with each answer `latency` after its grant.
+    fn run(g: &mut GlobalLimit, n: usize, latency: Duration, t0: Instant) -> Vec<Instant> {
+        let mut granted: Vec<Instant> = Vec::new();
+        let mut answers: Vec<Instant> = Vec::new();
         let mut now = t0;
-        while sent.len() < 10 {
+        while granted.len() < n {
+            answers.sort();
+            while answers.first().is_some_and(|a| *a <= now) {
+                g.finish(answers.remove(0));
+            }
             match g.check(now) {
                 None => {
-                    g.take(now);
-                    sent.push(now);
+                    g.take();
+                    granted.push(now);
+                    answers.push(now + latency);
                 }
-                Some(until) => {
+                Some(Some(until)) => {
                     assert!(until > now);
-                    now = until;
+                    now = until.min(answers.first().copied().unwrap_or(until));
                 }
+                Some(None) => now = answers[0],
             }
         }
-        for (i, a) in sent.iter().enumerate() {
-            let in_window = sent[i..].iter().filter(|b| **b < *a + SECOND).count();
-            assert!(in_window <= 3, "{in_window} in one second");
+        granted
+    }
+
+    #[test]
+    fn never_more_than_the_limit_in_any_second_whatever_the_latency() {
+        for latency in [0, 1, 50, 400, 1500] {
+            let t0 = Instant::now();
+            let latency = Duration::from_millis(latency);
+            let mut g = GlobalLimit::new(3, t0);
+            let granted = run(&mut g, 12, latency, t0);
+            // The server may see each request anywhere between its grant and
+            // its answer: take the worst case, the first grant arriving late.
+            for (i, a) in granted.iter().enumerate() {
+                let arrive_late = *a + latency;
+                let close = granted[i + 1..]
+                    .iter()
+                    .filter(|b| **b < arrive_late + SECOND)
+                    .count();
+                assert!(close < 3, "{latency:?}: {close} others within a second");
+            }
+            assert_eq!(granted[3], t0 + latency + SECOND, "{latency:?}");
         }
-        assert_eq!(sent[3], t0 + SECOND);
+    }
+
+    #[test]
+    fn a_cancelled_grant_frees_its_slot_at_once() {
+        let t0 = Instant::now();
+        let mut g = GlobalLimit::new(1, t0);
+        assert_eq!(g.check(t0), None);
+        g.take();
+        assert_eq!(g.check(t0), Some(None));
+        g.cancel();
+        assert_eq!(g.check(t0), None);
     }
 
     #[test]
@@ -192,8 +260,10 @@ mod tests {
         let t0 = Instant::now();
         let mut a = AuthState::new(Some(50), t0);
         for _ in 0..30 {
-            assert_eq!(a.limit.as_mut().unwrap().check(t0), None);
-            a.limit.as_mut().unwrap().take(t0);
+            let l = a.limit.as_mut().unwrap();
+            assert_eq!(l.check(t0), None);
+            l.take();
+            l.finish(t0);
         }
         a.throttle(t0 + SECOND, t0);
         assert_eq!(a.throttled(t0), Some(t0 + SECOND));

@@ -85,6 +85,8 @@ pub(crate) struct Grant {
     pub(crate) key: BucketKey,
     pub(crate) route: Route,
     generation: u32,
+    /// Holds a slot of the proactive global limit.
+    global: bool,
 }
 
 /// The store's answer to a request for a slot.
@@ -99,6 +101,8 @@ pub(crate) enum Acquire {
         /// The bucket's queue, to wait in.
         queue: Arc<Queue>,
         key: BucketKey,
+        /// Notified when a slot of the global limit frees.
+        freed: Option<Arc<Notify>>,
     },
 }
 
@@ -122,15 +126,30 @@ pub(crate) struct Manager {
 
 impl Manager {
     fn key(&self, route: &CompiledRoute, auth: AuthHash) -> BucketKey {
-        let id = match self.routes.get(route.route()) {
-            Some(hash) => BucketId::Hash(Arc::clone(hash)),
-            None => BucketId::Route(route.route().clone()),
-        };
-        BucketKey {
-            id,
+        let by_route = |route: &CompiledRoute| BucketKey {
+            id: BucketId::Route(route.route().clone()),
             major: route.major().clone(),
             auth,
+        };
+        let Some(hash) = self.routes.get(route.route()) else {
+            return by_route(route);
+        };
+        let key = BucketKey {
+            id: BucketId::Hash(Arc::clone(hash)),
+            major: route.major().clone(),
+            auth,
+        };
+        if !self.buckets.contains_key(&key) {
+            // The route's hash is known, but this major's first request may
+            // still be out under the route: wait for its answer there.
+            let unknown = by_route(route);
+            if let Some(e) = self.buckets.get(&unknown) {
+                if e.bucket.in_flight() > 0 || e.queue.waiters.load(Ordering::Relaxed) > 0 {
+                    return unknown;
+                }
+            }
         }
+        key
     }
 
     fn auth(&mut self, auth: AuthHash, config: &Config, now: Instant) -> &mut AuthState {
@@ -170,6 +189,7 @@ impl Manager {
             global,
             queue: Arc::clone(&entry.queue),
             key,
+            freed: None,
         };
 
         if !is_head && entry.queue.waiters.load(Ordering::Relaxed) > 0 {
@@ -188,31 +208,64 @@ impl Manager {
         if let Some(until) = entry.bucket.check(now) {
             return Ok(wait(until, false, entry, key));
         }
+        let mut holds_global = false;
         if global {
-            let limit = self.auths.get_mut(&auth).and_then(|a| a.limit.as_mut());
-            if let Some(limit) = limit {
-                if let Some(until) = limit.check(now) {
-                    let entry = &self.buckets[&key];
-                    return Ok(wait(Some(until), true, entry, key));
+            if let Some(state) = self.auths.get_mut(&auth) {
+                if let Some(limit) = state.limit.as_mut() {
+                    if let Some(until) = limit.check(now) {
+                        let freed = Some(Arc::clone(&state.freed));
+                        return Ok(match self.buckets.get(&key) {
+                            Some(entry) => Acquire::Wait {
+                                until,
+                                global: true,
+                                queue: Arc::clone(&entry.queue),
+                                key,
+                                freed,
+                            },
+                            None => unreachable_entry(),
+                        });
+                    }
+                    limit.take();
+                    holds_global = true;
                 }
-                limit.take(now);
             }
         }
-        let entry = self.buckets.get_mut(&key).expect("entry inserted above");
+        let Some(entry) = self.buckets.get_mut(&key) else {
+            return Ok(unreachable_entry());
+        };
         let generation = entry.bucket.take(now);
         Ok(Acquire::Granted(Grant {
             key,
             route: route.route().clone(),
             generation,
+            global: holds_global,
         }))
     }
 
     /// A granted request ended without an answer; `sent` tells whether it
     /// may have reached the server.
-    pub(crate) fn release(&mut self, grant: Grant, sent: bool) {
+    pub(crate) fn release(&mut self, grant: Grant, sent: bool, now: Instant) {
+        if grant.global {
+            self.free_global(grant.key.auth, sent, now);
+        }
         if let Some(entry) = self.buckets.get_mut(&grant.key) {
             entry.bucket.release(grant.generation, sent);
             entry.queue.notify.notify_waiters();
+        }
+    }
+
+    /// Frees the global slot of an answered (or sent and dropped) or unsent
+    /// request.
+    fn free_global(&mut self, auth: AuthHash, sent: bool, now: Instant) {
+        if let Some(state) = self.auths.get_mut(&auth) {
+            if let Some(limit) = state.limit.as_mut() {
+                if sent {
+                    limit.finish(now);
+                } else {
+                    limit.cancel();
+                }
+                state.freed.notify_waiters();
+            }
         }
     }
 
@@ -229,7 +282,11 @@ impl Manager {
             key,
             route,
             generation,
+            global,
         } = grant;
+        if global {
+            self.free_global(key.auth, true, now);
+        }
         let rejected = info.too_many_requests.as_ref();
         let auth = key.auth;
         let invalid = is_invalid_status(status) || rejected.is_some_and(|t| t.is_invalid());
@@ -342,9 +399,31 @@ impl Manager {
     }
 
     /// Wakes every waiting head (on close).
+    ///
+    /// (Heads waiting on the global limit alone also wait on the close
+    /// signal.)
     pub(crate) fn notify_all(&self) {
         for e in self.buckets.values() {
             e.queue.notify.notify_waiters();
         }
+    }
+}
+
+/// The entry of a key is inserted at the start of `acquire` and nothing
+/// removes it under the same lock; should that ever change, wait for the
+/// next notification rather than panic.
+#[cold]
+fn unreachable_entry() -> Acquire {
+    debug_assert!(false, "bucket entry vanished under the lock");
+    Acquire::Wait {
+        until: Some(Instant::now() + Duration::from_millis(10)),
+        global: false,
+        queue: Arc::default(),
+        key: BucketKey {
+            id: BucketId::Hash(Arc::from("")),
+            major: Major::default(),
+            auth: AuthHash::default(),
+        },
+        freed: None,
     }
 }

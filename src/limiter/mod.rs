@@ -35,7 +35,7 @@ use manager::{Acquire, Grant, Manager, Waiter};
 ///
 /// Hashes are keyed per limiter: they are stable for one [`Limiter`] and
 /// mean nothing outside it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AuthHash(u64);
 
 impl fmt::Debug for AuthHash {
@@ -254,6 +254,7 @@ impl Limiter {
                 global,
                 queue,
                 key,
+                ..
             } => {
                 if let Some(until) = until {
                     shared.too_long(&route, until, global, now)?;
@@ -332,13 +333,22 @@ async fn wait_turn(
     tokio::pin!(closed);
     closed.as_mut().enable();
     let work = async {
+        // Where to hear that a global slot freed, once a wait showed it.
+        let mut global_signal: Option<Arc<Notify>> = None;
         loop {
             let queue = Arc::clone(&waiter.queue);
             let _turn = queue.turn.lock().await;
             loop {
+                // Listen before asking, so that no wake-up is lost between.
                 let notified = queue.notify.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
+                let listening = global_signal.clone();
+                let freed = listening.as_deref().map(Notify::notified);
+                tokio::pin!(freed);
+                if let Some(f) = freed.as_mut().as_pin_mut() {
+                    f.enable();
+                }
                 if shared.is_closed() {
                     return Err(Error::Closed);
                 }
@@ -347,7 +357,7 @@ async fn wait_turn(
                     shared
                         .lock()
                         .acquire(&route, auth, Some(&waiter.key), &shared.config, now)?;
-                match answer {
+                let (until, global, signal) = match answer {
                     Acquire::Granted(grant) => return Ok(Ticket::new(&shared, grant)),
                     Acquire::Wait { queue, key, .. } if key != waiter.key => {
                         // The route's bucket was learned or changed: queue there.
@@ -355,17 +365,40 @@ async fn wait_turn(
                         break;
                     }
                     Acquire::Wait {
-                        until: Some(until),
+                        until,
                         global,
+                        freed,
                         ..
-                    } => {
-                        shared.too_long(&route, until, global, now)?;
-                        tokio::select! {
-                            _ = tokio::time::sleep_until(until) => {}
-                            _ = &mut notified => {}
-                        }
+                    } => (until, global, freed),
+                };
+                if let Some(signal) = signal {
+                    if !global_signal
+                        .as_ref()
+                        .is_some_and(|s| Arc::ptr_eq(s, &signal))
+                    {
+                        global_signal = Some(signal);
+                        continue;
                     }
-                    Acquire::Wait { until: None, .. } => notified.await,
+                }
+                if let Some(until) = until {
+                    shared.too_long(&route, until, global, now)?;
+                }
+                let sleep = async {
+                    match until {
+                        Some(until) => tokio::time::sleep_until(until).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let freed = async {
+                    match freed.as_mut().as_pin_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = sleep => {}
+                    _ = &mut notified => {}
+                    _ = freed => {}
                 }
             }
         }
@@ -425,7 +458,7 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(grant) = self.grant.take() {
-            self.shared.lock().release(grant, self.sent);
+            self.shared.lock().release(grant, self.sent, Instant::now());
         }
     }
 }
