@@ -4,19 +4,13 @@
 //! [`RateLimitInfo`] extension, so that a retry policy or a dashboard can act
 //! on it.
 
-use std::sync::Arc;
+use std::fmt;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-static LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-static REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-static RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-static RESET_AFTER: HeaderName = HeaderName::from_static("x-ratelimit-reset-after");
-static BUCKET: HeaderName = HeaderName::from_static("x-ratelimit-bucket");
 static SCOPE: HeaderName = HeaderName::from_static("x-ratelimit-scope");
 static GLOBAL: HeaderName = HeaderName::from_static("x-ratelimit-global");
-static RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
 
 /// Longest wait taken from a server's word; anything larger is ignored as
 /// malformed (one day).
@@ -54,7 +48,7 @@ pub enum Scope {
 #[non_exhaustive]
 pub struct RateLimitInfo {
     /// `X-RateLimit-Bucket`: the opaque bucket hash.
-    pub bucket: Option<Arc<str>>,
+    pub bucket: Option<BucketHash>,
     /// `X-RateLimit-Limit`.
     pub limit: Option<u32>,
     /// `X-RateLimit-Remaining`.
@@ -68,6 +62,38 @@ pub struct RateLimitInfo {
     pub retry_after: Option<Duration>,
     /// Set on a 429.
     pub too_many_requests: Option<TooManyRequests>,
+}
+
+/// An `X-RateLimit-Bucket` value: opaque, visible ASCII, at most 128 bytes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct BucketHash(HeaderValue);
+
+impl BucketHash {
+    /// The hash as text.
+    pub fn as_str(&self) -> &str {
+        // Checked to be visible ASCII when parsed.
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for BucketHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for BucketHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for BucketHash {
+    /// A bucket hash from text; characters that are not visible ASCII make
+    /// an empty hash.
+    fn from(hash: &str) -> Self {
+        Self(HeaderValue::from_str(hash).unwrap_or(HeaderValue::from_static("")))
+    }
 }
 
 /// What a 429 said.
@@ -105,28 +131,32 @@ impl TooManyRequests {
 }
 
 impl RateLimitInfo {
-    /// Reads the headers of a response. For a 429, call
-    /// [`read_429_body`](Self::read_429_body) too.
+    /// Reads the headers of a response, in one pass over them. For a 429,
+    /// call [`read_429_body`](Self::read_429_body) too.
     pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
-        let bucket = text(headers, &BUCKET).and_then(|b| {
-            if b.is_empty() || b.len() > MAX_BUCKET_LEN {
-                tracing::debug!(len = b.len(), "ignoring malformed X-RateLimit-Bucket");
-                None
-            } else {
-                Some(Arc::from(b))
+        let mut info = Self::default();
+        for (name, value) in headers {
+            let name = name.as_str();
+            let Some(rest) = name.strip_prefix("x-ratelimit-") else {
+                if name == "retry-after" {
+                    info.retry_after = secs(name, value);
+                }
+                continue;
+            };
+            match rest {
+                "limit" => info.limit = count(name, value).filter(|&l| l > 0),
+                "remaining" => info.remaining = count(name, value),
+                "reset-after" => info.reset_after = secs(name, value),
+                "reset" => {
+                    info.reset_millis = number(name, value)
+                        .filter(|s| *s > 0.0 && *s < 1e11)
+                        .map(|s| (s * 1000.0).round() as u64)
+                }
+                "bucket" => info.bucket = bucket(value),
+                _ => {}
             }
-        });
-        Self {
-            bucket,
-            limit: count(headers, &LIMIT).filter(|&l| l > 0),
-            remaining: count(headers, &REMAINING),
-            reset_after: secs(headers, &RESET_AFTER),
-            reset_millis: number(headers, &RESET)
-                .filter(|s| *s > 0.0 && *s < 1e11)
-                .map(|s| (s * 1000.0).round() as u64),
-            retry_after: secs(headers, &RETRY_AFTER),
-            too_many_requests: None,
         }
+        info
     }
 
     /// Whether the response carried a bucket's headers.
@@ -136,7 +166,10 @@ impl RateLimitInfo {
 
     /// Reads what a 429 says: the scope and global headers and the body.
     pub(crate) fn read_429_body(&mut self, headers: &HeaderMap, body: &[u8]) {
-        let scope = match text(headers, &SCOPE) {
+        let scope = match headers
+            .get(&SCOPE)
+            .and_then(|v| text("x-ratelimit-scope", v))
+        {
             Some("user") => Some(Scope::User),
             Some("global") => Some(Scope::Global),
             Some("shared") => Some(Scope::Shared),
@@ -146,7 +179,10 @@ impl RateLimitInfo {
             }
             None => None,
         };
-        let header_global = text(headers, &GLOBAL).is_some_and(|g| g.eq_ignore_ascii_case("true"));
+        let header_global = headers
+            .get(&GLOBAL)
+            .and_then(|v| text("x-ratelimit-global", v))
+            .is_some_and(|g| g.eq_ignore_ascii_case("true"));
         let mut out = TooManyRequests {
             scope,
             global: header_global || scope == Some(Scope::Global),
@@ -179,41 +215,58 @@ pub(crate) fn is_invalid_status(status: StatusCode) -> bool {
     status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
 }
 
-fn text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
-    let value = headers.get(name)?;
+fn text<'a>(name: &str, value: &'a HeaderValue) -> Option<&'a str> {
     match value.to_str() {
         Ok(s) => Some(s.trim()),
         Err(_) => {
-            tracing::debug!(header = %name, "ignoring non-ASCII rate-limit header");
+            tracing::debug!(header = name, "ignoring non-ASCII rate-limit header");
             None
         }
     }
 }
 
-fn number(headers: &HeaderMap, name: &HeaderName) -> Option<f64> {
-    let raw = text(headers, name)?;
+fn bucket(value: &HeaderValue) -> Option<BucketHash> {
+    let len = value.len();
+    let visible = value.as_bytes().iter().all(|b| b.is_ascii_graphic());
+    if len == 0 || len > MAX_BUCKET_LEN || !visible {
+        tracing::debug!(len, "ignoring malformed X-RateLimit-Bucket");
+        return None;
+    }
+    Some(BucketHash(value.clone()))
+}
+
+fn number(name: &str, value: &HeaderValue) -> Option<f64> {
+    let raw = text(name, value)?;
     match raw.parse::<f64>() {
         Ok(n) if n.is_finite() && n >= 0.0 => Some(n),
         _ => {
-            tracing::debug!(header = %name, value = raw, "ignoring malformed rate-limit header");
+            tracing::debug!(
+                header = name,
+                value = raw,
+                "ignoring malformed rate-limit header"
+            );
             None
         }
     }
 }
 
-fn count(headers: &HeaderMap, name: &HeaderName) -> Option<u32> {
-    let raw = text(headers, name)?;
+fn count(name: &str, value: &HeaderValue) -> Option<u32> {
+    let raw = text(name, value)?;
     match raw.parse::<u32>() {
         Ok(n) => Some(n),
         Err(_) => {
-            tracing::debug!(header = %name, value = raw, "ignoring malformed rate-limit header");
+            tracing::debug!(
+                header = name,
+                value = raw,
+                "ignoring malformed rate-limit header"
+            );
             None
         }
     }
 }
 
-fn secs(headers: &HeaderMap, name: &HeaderName) -> Option<Duration> {
-    number(headers, name).and_then(|s| to_duration(s, name.as_str()))
+fn secs(name: &str, value: &HeaderValue) -> Option<Duration> {
+    number(name, value).and_then(|s| to_duration(s, name))
 }
 
 fn to_duration(secs: f64, what: &str) -> Option<Duration> {
@@ -251,7 +304,10 @@ mod tests {
         assert_eq!(info.remaining, Some(4));
         assert_eq!(info.reset_millis, Some(1_470_173_023_123));
         assert_eq!(info.reset_after, Some(Duration::from_secs(1)));
-        assert_eq!(info.bucket.as_deref(), Some("abcd1234"));
+        assert_eq!(
+            info.bucket.as_ref().map(BucketHash::as_str),
+            Some("abcd1234")
+        );
         assert!(info.has_bucket_headers());
     }
 

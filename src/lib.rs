@@ -77,7 +77,7 @@ mod service;
 pub use body::ResponseBody;
 pub use error::Error;
 pub use future::ResponseFuture;
-pub use headers::{RateLimitInfo, Scope, TooManyRequests};
+pub use headers::{BucketHash, RateLimitInfo, Scope, TooManyRequests};
 pub use layer::{Builder, RateLimitLayer};
 pub use limiter::{AuthHash, Limiter, Stats};
 pub use service::RateLimit;

@@ -14,7 +14,7 @@
 //! let uri = "https://discord.com/api/v10/channels/123/messages".parse().unwrap();
 //! let compiled = DiscordResolver.resolve(&Method::POST, &uri);
 //! assert_eq!(compiled.route().to_string(), "POST /channels/{channel_id}/messages");
-//! assert_eq!(compiled.major().value(), Some("channel_id=123"));
+//! assert_eq!(compiled.major().value().as_deref(), Some("channel_id=123"));
 //!
 //! // The same thing, spelled out by the caller and put into the request:
 //! let mine = CompiledRoute::new(Route::new(Method::POST, "/channels/{channel_id}/messages"))
@@ -77,14 +77,27 @@ impl fmt::Debug for Route {
 /// A secret part (a webhook token) is kept only as a hash.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Major {
-    value: Option<Arc<str>>,
+    value: MajorValue,
     secret: Option<u64>,
+}
+
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+enum MajorValue {
+    #[default]
+    None,
+    /// `name=id` for a numeric id: no allocation on the hot path.
+    Id(&'static str, u64),
+    Text(Arc<str>),
 }
 
 impl Major {
     /// The public part, `channel_id=123`, if any.
-    pub fn value(&self) -> Option<&str> {
-        self.value.as_deref()
+    pub fn value(&self) -> Option<String> {
+        match &self.value {
+            MajorValue::None => None,
+            MajorValue::Id(name, id) => Some(format!("{name}={id}")),
+            MajorValue::Text(text) => Some(text.to_string()),
+        }
     }
 
     /// Whether a secret part (hashed) is included.
@@ -95,12 +108,25 @@ impl Major {
 
 impl fmt::Debug for Major {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.value, self.secret) {
-            (None, None) => f.write_str("-"),
-            (Some(v), None) => f.write_str(v),
-            (v, Some(h)) => write!(f, "{}+secret#{:016x}", v.as_deref().unwrap_or(""), h),
+        match &self.value {
+            MajorValue::None if self.secret.is_none() => f.write_str("-")?,
+            MajorValue::None => {}
+            MajorValue::Id(name, id) => write!(f, "{name}={id}")?,
+            MajorValue::Text(text) => f.write_str(text)?,
         }
+        if let Some(h) = self.secret {
+            write!(f, "+secret#{h:016x}")?;
+        }
+        Ok(())
     }
+}
+
+/// A canonical decimal `u64`: no sign, no leading zero.
+fn decimal_id(value: &str) -> Option<u64> {
+    let canonical = !value.is_empty()
+        && value.bytes().all(|b| b.is_ascii_digit())
+        && (value.len() == 1 || !value.starts_with('0'));
+    canonical.then(|| value.parse().ok()).flatten()
 }
 
 /// Which limits apply to a route.
@@ -140,12 +166,15 @@ impl CompiledRoute {
     }
 
     /// Adds a major parameter, kept as `name=value`.
-    pub fn with_major(mut self, name: &str, value: &str) -> Self {
-        let joined = match self.major.value.as_deref() {
-            Some(prev) => format!("{prev}&{name}={value}"),
-            None => format!("{name}={value}"),
+    pub fn with_major(mut self, name: &'static str, value: &str) -> Self {
+        self.major.value = match (&self.major.value, decimal_id(value)) {
+            (MajorValue::None, Some(id)) => MajorValue::Id(name, id),
+            (MajorValue::None, None) => MajorValue::Text(format!("{name}={value}").into()),
+            (_, _) => {
+                let prev = self.major.value().unwrap_or_default();
+                MajorValue::Text(format!("{prev}&{name}={value}").into())
+            }
         };
-        self.major.value = Some(joined.into());
         self
     }
 

@@ -2,6 +2,7 @@
 //! deciding and updating under one lock, never sleeping.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +40,15 @@ pub(crate) struct Queue {
     pub(crate) turn: AsyncMutex<()>,
     pub(crate) notify: Notify,
     waiters: AtomicUsize,
+}
+
+impl Queue {
+    /// Wakes the head, if anyone waits.
+    fn wake(&self) {
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
 }
 
 /// One waiting request's place; counts as a waiter until dropped.
@@ -117,41 +127,76 @@ pub(crate) struct Counts {
     pub(crate) throttled: usize,
 }
 
+/// A map hashed with [`FastHash`].
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<FastHash>>;
+
+/// A set hashed with [`FastHash`].
+pub(crate) type FastSet<T> = HashSet<T, BuildHasherDefault<FastHash>>;
+
+/// A multiply-rotate hash (as rustc's FxHash): several times faster than
+/// SipHash on these short keys. The keys come from the caller's own routes
+/// and the server's bucket hashes, not from an adversary.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FastHash(u64);
+
+impl FastHash {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FastHash {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word) ^ (rest.len() as u64) << 56);
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Manager {
-    routes: HashMap<Route, Arc<str>>,
-    buckets: HashMap<BucketKey, Entry>,
-    auths: HashMap<AuthHash, AuthState>,
+    routes: Map<Route, Arc<str>>,
+    buckets: Map<BucketKey, Entry>,
+    auths: Map<AuthHash, AuthState>,
 }
 
 impl Manager {
-    fn key(&self, route: &CompiledRoute, auth: AuthHash) -> BucketKey {
-        let by_route = |route: &CompiledRoute| BucketKey {
-            id: BucketId::Route(route.route().clone()),
-            major: route.major().clone(),
-            auth,
-        };
-        let Some(hash) = self.routes.get(route.route()) else {
-            return by_route(route);
-        };
-        let key = BucketKey {
-            id: BucketId::Hash(Arc::clone(hash)),
-            major: route.major().clone(),
-            auth,
-        };
-        if !self.buckets.contains_key(&key) {
-            // The route's hash is known, but this major's first request may
-            // still be out under the route: wait for its answer there.
-            let unknown = by_route(route);
-            if let Some(e) = self.buckets.get(&unknown) {
-                if e.bucket.in_flight() > 0 || e.queue.waiters.load(Ordering::Relaxed) > 0 {
-                    return unknown;
-                }
-            }
-        }
-        key
-    }
-
     fn auth(&mut self, auth: AuthHash, config: &Config, now: Instant) -> &mut AuthState {
         self.auths
             .entry(auth)
@@ -168,8 +213,15 @@ impl Manager {
         config: &Config,
         now: Instant,
     ) -> Result<Acquire, Error> {
+        let Self {
+            routes,
+            buckets,
+            auths,
+        } = self;
         let global = route.limits() == Limits::All;
-        let state = self.auth(auth, config, now);
+        let state = auths
+            .entry(auth)
+            .or_insert_with(|| AuthState::new(config.global_per_second, now));
         if let Some(ceiling) = config.invalid_ceiling {
             let count = state.invalid.count(now);
             if count >= ceiling {
@@ -178,18 +230,17 @@ impl Manager {
         }
         let throttled = if global { state.throttled(now) } else { None };
 
-        let key = self.key(route, auth);
+        let key = key_for(routes, buckets, route, auth);
         let is_head = head == Some(&key);
-        let entry = self
-            .buckets
+        let entry = buckets
             .entry(key.clone())
             .or_insert_with(|| Entry::new(now));
-        let wait = |until, global, entry: &Entry, key: BucketKey| Acquire::Wait {
+        let wait = |until, global, freed| Acquire::Wait {
             until,
             global,
             queue: Arc::clone(&entry.queue),
-            key,
-            freed: None,
+            key: key.clone(),
+            freed,
         };
 
         if !is_head && entry.queue.waiters.load(Ordering::Relaxed) > 0 {
@@ -200,39 +251,22 @@ impl Manager {
                 (None, Some(g)) => (Some(g), true),
                 (None, None) => (None, false),
             };
-            return Ok(wait(until, global, entry, key));
+            return Ok(wait(until, global, None));
         }
         if let Some(until) = throttled {
-            return Ok(wait(Some(until), true, entry, key));
+            return Ok(wait(Some(until), true, None));
         }
         if let Some(until) = entry.bucket.check(now) {
-            return Ok(wait(until, false, entry, key));
+            return Ok(wait(until, false, None));
         }
         let mut holds_global = false;
-        if global {
-            if let Some(state) = self.auths.get_mut(&auth) {
-                if let Some(limit) = state.limit.as_mut() {
-                    if let Some(until) = limit.check(now) {
-                        let freed = Some(Arc::clone(&state.freed));
-                        return Ok(match self.buckets.get(&key) {
-                            Some(entry) => Acquire::Wait {
-                                until,
-                                global: true,
-                                queue: Arc::clone(&entry.queue),
-                                key,
-                                freed,
-                            },
-                            None => unreachable_entry(),
-                        });
-                    }
-                    limit.take();
-                    holds_global = true;
-                }
+        if let (true, Some(limit)) = (global, state.limit.as_mut()) {
+            if let Some(until) = limit.check(now) {
+                return Ok(wait(until, true, Some(Arc::clone(&state.freed))));
             }
+            limit.take();
+            holds_global = true;
         }
-        let Some(entry) = self.buckets.get_mut(&key) else {
-            return Ok(unreachable_entry());
-        };
         let generation = entry.bucket.take(now);
         Ok(Acquire::Granted(Grant {
             key,
@@ -250,7 +284,7 @@ impl Manager {
         }
         if let Some(entry) = self.buckets.get_mut(&grant.key) {
             entry.bucket.release(grant.generation, sent);
-            entry.queue.notify.notify_waiters();
+            entry.queue.wake();
         }
     }
 
@@ -264,7 +298,9 @@ impl Manager {
                 } else {
                     limit.cancel();
                 }
-                state.freed.notify_waiters();
+                if Arc::strong_count(&state.freed) > 1 {
+                    state.freed.notify_waiters();
+                }
             }
         }
     }
@@ -311,31 +347,47 @@ impl Manager {
         }
 
         // The route's bucket hash, learned or changed.
-        let mut target = key.clone();
+        let mut target = None;
         if let Some(hash) = &info.bucket {
-            match self.routes.get(&route) {
-                Some(old) if old == hash => {}
+            let hash = hash.as_str();
+            let known = match self.routes.get(&route) {
+                Some(old) if **old == *hash => Arc::clone(old),
                 old => {
                     match old {
                         Some(old) => tracing::debug!(%route, %old, new = %hash, "bucket remapped"),
                         None => tracing::debug!(%route, bucket = %hash, "bucket learned"),
                     }
-                    self.routes.insert(route, Arc::clone(hash));
+                    let hash: Arc<str> = Arc::from(hash);
+                    self.routes.insert(route, Arc::clone(&hash));
+                    hash
                 }
+            };
+            if !matches!(&key.id, BucketId::Hash(h) if **h == *known) {
+                target = Some(BucketKey {
+                    id: BucketId::Hash(known),
+                    major: key.major.clone(),
+                    auth: key.auth,
+                });
             }
-            target.id = BucketId::Hash(Arc::clone(hash));
         }
 
-        if let Some(entry) = self.buckets.get_mut(&key) {
+        let mut own = self.buckets.get_mut(&key);
+        if let Some(entry) = own.as_mut() {
             entry.bucket.release(generation, true);
-            entry.queue.notify.notify_waiters();
+            entry.queue.wake();
         }
-        let entry = match self.buckets.entry(target) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                tracing::debug!(bucket = ?e.key().id, major = ?e.key().major, "bucket created");
-                e.insert(Entry::new(now))
-            }
+        let entry = match target {
+            None => match own {
+                Some(entry) => entry,
+                None => return,
+            },
+            Some(target) => match self.buckets.entry(target) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    tracing::debug!(bucket = ?e.key().id, major = ?e.key().major, "bucket created");
+                    e.insert(Entry::new(now))
+                }
+            },
         };
         let bucket = &mut entry.bucket;
         match (rejected, hold) {
@@ -344,7 +396,7 @@ impl Manager {
             _ if status.is_success() => bucket.no_headers(),
             _ => {}
         }
-        entry.queue.notify.notify_waiters();
+        entry.queue.wake();
     }
 
     /// Drops stale buckets, routes whose bucket is gone, and idle
@@ -356,7 +408,7 @@ impl Manager {
                 || e.queue.waiters.load(Ordering::Relaxed) > 0
                 || !e.bucket.is_stale(now, expire_after)
         });
-        let live: HashSet<&Arc<str>> = self
+        let live: FastSet<&Arc<str>> = self
             .buckets
             .keys()
             .filter_map(|k| match &k.id {
@@ -409,21 +461,35 @@ impl Manager {
     }
 }
 
-/// The entry of a key is inserted at the start of `acquire` and nothing
-/// removes it under the same lock; should that ever change, wait for the
-/// next notification rather than panic.
-#[cold]
-fn unreachable_entry() -> Acquire {
-    debug_assert!(false, "bucket entry vanished under the lock");
-    Acquire::Wait {
-        until: Some(Instant::now() + Duration::from_millis(10)),
-        global: false,
-        queue: Arc::default(),
-        key: BucketKey {
-            id: BucketId::Hash(Arc::from("")),
-            major: Major::default(),
-            auth: AuthHash::default(),
-        },
-        freed: None,
+/// The key a request of `route` waits and takes its slot under.
+fn key_for(
+    routes: &Map<Route, Arc<str>>,
+    buckets: &Map<BucketKey, Entry>,
+    route: &CompiledRoute,
+    auth: AuthHash,
+) -> BucketKey {
+    let by_route = || BucketKey {
+        id: BucketId::Route(route.route().clone()),
+        major: route.major().clone(),
+        auth,
+    };
+    let Some(hash) = routes.get(route.route()) else {
+        return by_route();
+    };
+    let key = BucketKey {
+        id: BucketId::Hash(Arc::clone(hash)),
+        major: route.major().clone(),
+        auth,
+    };
+    if !buckets.contains_key(&key) {
+        // The route's hash is known, but this major's first request may
+        // still be out under the route: wait for its answer there.
+        let unknown = by_route();
+        if let Some(e) = buckets.get(&unknown) {
+            if e.bucket.in_flight() > 0 || e.queue.waiters.load(Ordering::Relaxed) > 0 {
+                return unknown;
+            }
+        }
     }
+    key
 }

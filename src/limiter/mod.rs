@@ -28,6 +28,7 @@ mod bucket;
 mod global;
 mod manager;
 
+pub(crate) use manager::FastSet;
 use manager::{Acquire, Grant, Manager, Waiter};
 
 /// A hash of an `Authorization` header value: what the limiter keys

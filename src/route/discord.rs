@@ -1,6 +1,11 @@
 //! The resolver for Discord's REST paths.
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use http::{Method, Uri};
+
+use crate::limiter::FastSet;
 
 use super::{CompiledRoute, Limits, Route, RouteResolver};
 
@@ -64,6 +69,32 @@ fn push_param(template: &mut String, word: &str) {
     template.push_str(if word.is_empty() { "id}" } else { "_id}" });
 }
 
+/// Templates seen on this thread, so that resolving a known route
+/// allocates nothing.
+const MAX_INTERNED: usize = 4096;
+
+thread_local! {
+    static TEMPLATES: RefCell<(String, FastSet<Arc<str>>)> = RefCell::default();
+}
+
+/// The shared copy of the template `build` writes.
+fn intern(build: impl FnOnce(&mut String)) -> Arc<str> {
+    TEMPLATES.with(|cell| {
+        let (buf, set) = &mut *cell.borrow_mut();
+        buf.clear();
+        build(buf);
+        if let Some(known) = set.get(buf.as_str()) {
+            return Arc::clone(known);
+        }
+        if set.len() >= MAX_INTERNED {
+            set.clear();
+        }
+        let template: Arc<str> = Arc::from(buf.as_str());
+        set.insert(Arc::clone(&template));
+        template
+    })
+}
+
 fn resolve(method: &Method, path: &str) -> CompiledRoute {
     let mut segs = path.split('/').skip(1).peekable();
     if segs.peek() == Some(&"api") {
@@ -72,62 +103,66 @@ fn resolve(method: &Method, path: &str) -> CompiledRoute {
     if segs.peek().is_some_and(|s| is_version(s)) {
         segs.next();
     }
-    let segs: Vec<&str> = segs.collect();
 
-    let mut template = String::with_capacity(path.len() + 16);
-    let mut compiled_major: Option<(&str, &str)> = None;
+    let mut major: Option<(&'static str, &str)> = None;
     let mut secret: Option<&str> = None;
     let mut limits = Limits::All;
-    let top = segs.first().copied().unwrap_or("");
+    let (mut top, mut second, mut fourth) = ("", "", "");
+    let mut count = 0;
 
-    for (i, seg) in segs.iter().enumerate() {
-        template.push('/');
-        let prev = if i > 0 { segs[i - 1] } else { "" };
-        if prev == "reactions" {
-            template.push_str("{emoji}");
-        } else if i == 2 && (top == "webhooks" || top == "interactions") && is_id(segs[1]) {
-            if top == "webhooks" {
-                template.push_str("{webhook_token}");
-                secret = Some(seg);
-                if seg.starts_with(INTERACTION_TOKEN_PREFIX) {
-                    limits = Limits::BucketOnly;
+    let template = intern(|template| {
+        let (mut prev, mut prev2) = ("", "");
+        for (i, seg) in segs.enumerate() {
+            match i {
+                0 => top = seg,
+                1 => second = seg,
+                3 => fourth = seg,
+                _ => {}
+            }
+            count = i + 1;
+            template.push('/');
+            if prev == "reactions" {
+                template.push_str("{emoji}");
+            } else if i == 2 && (top == "webhooks" || top == "interactions") && is_id(second) {
+                if top == "webhooks" {
+                    template.push_str("{webhook_token}");
+                    secret = Some(seg);
+                    if seg.starts_with(INTERACTION_TOKEN_PREFIX) {
+                        limits = Limits::BucketOnly;
+                    }
+                } else {
+                    template.push_str("{interaction_token}");
+                }
+            } else if is_id(seg) {
+                push_param(template, if prev2 == "reactions" { "users" } else { prev });
+                if i == 1 {
+                    major = match top {
+                        "channels" => Some(("channel_id", seg)),
+                        "guilds" => Some(("guild_id", seg)),
+                        "webhooks" => Some(("webhook_id", seg)),
+                        _ => None,
+                    };
                 }
             } else {
-                template.push_str("{interaction_token}");
+                template.push_str(seg);
             }
-        } else if is_id(seg) {
-            let after = if i >= 2 && segs[i - 2] == "reactions" {
-                "users"
-            } else {
-                prev
-            };
-            push_param(&mut template, after);
-            if i == 1 && matches!(top, "channels" | "guilds" | "webhooks") {
-                compiled_major = Some((top, seg));
-            }
-        } else {
-            template.push_str(seg);
+            (prev2, prev) = (prev, seg);
         }
-    }
-    if template.is_empty() {
-        template.push('/');
-    }
+        if template.is_empty() {
+            template.push('/');
+        }
+    });
 
     if *method == Method::POST {
-        let callback = segs.len() == 4 && top == "interactions" && segs[3] == "callback";
-        let oauth = segs.len() == 2 && top == "oauth2" && segs[1] == "token";
+        let callback = count == 4 && top == "interactions" && fourth == "callback";
+        let oauth = count == 2 && top == "oauth2" && second == "token";
         if callback || oauth {
             limits = Limits::None;
         }
     }
 
     let mut compiled = CompiledRoute::new(Route::new(method.clone(), template)).with_limits(limits);
-    if let Some((top, id)) = compiled_major {
-        let name = match top {
-            "channels" => "channel_id",
-            "guilds" => "guild_id",
-            _ => "webhook_id",
-        };
+    if let Some((name, id)) = major {
         compiled = compiled.with_major(name, id);
     }
     if let Some(token) = secret {
@@ -151,7 +186,7 @@ mod tests {
             c.route().to_string(),
             "POST /channels/{channel_id}/messages"
         );
-        assert_eq!(c.major().value(), Some("channel_id=123"));
+        assert_eq!(c.major().value().as_deref(), Some("channel_id=123"));
         assert_eq!(c.limits(), Limits::All);
 
         let c = r(Method::GET, "/channels/123/messages/456");
@@ -159,7 +194,7 @@ mod tests {
             c.route().template(),
             "/channels/{channel_id}/messages/{message_id}"
         );
-        assert_eq!(c.major().value(), Some("channel_id=123"));
+        assert_eq!(c.major().value().as_deref(), Some("channel_id=123"));
     }
 
     #[test]
@@ -169,7 +204,7 @@ mod tests {
             c.route().template(),
             "/guilds/{guild_id}/members/{member_id}"
         );
-        assert_eq!(c.major().value(), Some("guild_id=1"));
+        assert_eq!(c.major().value().as_deref(), Some("guild_id=1"));
         let d = r(Method::PATCH, "/api/v9/guilds/1/members/3");
         assert_eq!(c, d, "minor parameters do not split the route");
         let e = r(Method::PATCH, "/api/v9/guilds/4/members/2");
