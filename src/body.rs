@@ -3,10 +3,15 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::HeaderMap;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+
+use crate::headers::RateLimitInfo;
+
+/// How much of a 429's body is read to learn its `retry_after`.
+const MAX_429_BODY: usize = 64 * 1024;
 
 pin_project! {
     /// The inner service's response body, unchanged; for a 429, whose body
@@ -147,5 +152,80 @@ where
                 }
             }
         }
+    }
+}
+
+/// A 429 whose body is being read, to learn its `retry_after` and hand the
+/// caller the same bytes.
+pub(crate) struct Read429<B: Body> {
+    parts: http::response::Parts,
+    info: RateLimitInfo,
+    body: Option<Pin<Box<B>>>,
+    buf: BytesMut,
+    error: Option<B::Error>,
+    trailers: Option<HeaderMap>,
+}
+
+impl<B: Body> Read429<B> {
+    pub(crate) fn new(response: Response<B>, info: RateLimitInfo) -> Self {
+        let (parts, body) = response.into_parts();
+        Self {
+            parts,
+            info,
+            body: Some(Box::pin(body)),
+            buf: BytesMut::new(),
+            error: None,
+            trailers: None,
+        }
+    }
+
+    /// Reads until the end, an error, trailers or 64 KiB.
+    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while self.buf.len() < MAX_429_BODY {
+            let Some(body) = self.body.as_mut() else {
+                break;
+            };
+            match std::task::ready!(body.as_mut().poll_frame(cx)) {
+                None => self.body = None,
+                Some(Err(e)) => {
+                    self.error = Some(e);
+                    self.body = None;
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(mut data) => {
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            self.buf.extend_from_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            self.trailers = Some(t);
+                        }
+                        self.body = None;
+                    }
+                },
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// What the 429 said, and the response with the same body, the
+    /// [`RateLimitInfo`] attached.
+    pub(crate) fn finish(self) -> (Response<ResponseBody<B>>, RateLimitInfo) {
+        let Self {
+            mut parts,
+            mut info,
+            body,
+            buf,
+            error,
+            trailers,
+        } = self;
+        info.read_429_body(&parts.headers, &buf);
+        parts.extensions.insert(info.clone());
+        let body = ResponseBody::replay(buf.freeze(), error, body, trailers);
+        (Response::from_parts(parts, body), info)
     }
 }

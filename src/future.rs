@@ -5,19 +5,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::BytesMut;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use crate::body::Read429;
 use crate::error::Error;
 use crate::headers::RateLimitInfo;
 use crate::limiter::Ticket;
 use crate::{BoxError, ResponseBody};
-
-/// How much of a 429's body is read to learn its `retry_after`.
-const MAX_429_BODY: usize = 64 * 1024;
 
 type Wait = Pin<Box<dyn Future<Output = Result<Ticket, Error>> + Send>>;
 
@@ -68,16 +65,6 @@ pin_project! {
         },
         Done,
     }
-}
-
-/// A 429 whose body is being read.
-struct Read429<B: Body> {
-    parts: http::response::Parts,
-    info: RateLimitInfo,
-    body: Option<Pin<Box<B>>>,
-    buf: BytesMut,
-    error: Option<B::Error>,
-    trailers: Option<HeaderMap>,
 }
 
 impl<S, ReqBody, ResBody> fmt::Debug for ResponseFuture<S, ReqBody, ResBody>
@@ -191,15 +178,7 @@ where
                     let info = RateLimitInfo::from_headers(response.headers());
                     let status = response.status();
                     if status == StatusCode::TOO_MANY_REQUESTS {
-                        let (parts, body) = response.into_parts();
-                        let read = Read429 {
-                            parts,
-                            info,
-                            body: Some(Box::pin(body)),
-                            buf: BytesMut::new(),
-                            error: None,
-                            trailers: None,
-                        };
+                        let read = Read429::new(response, info);
                         let ticket = ticket.take();
                         state.set(State::Reading {
                             read: Some(read),
@@ -221,63 +200,17 @@ where
                         continue;
                     };
                     ready!(r.poll_read(cx));
-                    let Read429 {
-                        mut parts,
-                        mut info,
-                        body,
-                        buf,
-                        error,
-                        trailers,
-                    } = read.take().expect("checked above");
-                    info.read_429_body(&parts.headers, &buf);
+                    let (response, info) = read.take().expect("checked above").finish();
                     if let Some(t) = ticket.take() {
-                        t.record(parts.status, &info);
+                        t.record(response.status(), &info);
                     }
-                    parts.extensions.insert(info);
-                    let body = ResponseBody::replay(buf.freeze(), error, body, trailers);
                     state.set(State::Done);
-                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                    return Poll::Ready(Ok(response));
                 }
                 StateProj::Done => {
                     state.set(State::Failed { error: None });
                 }
             }
         }
-    }
-}
-
-impl<B: Body> Read429<B> {
-    /// Reads until the end, an error, trailers or 64 KiB.
-    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        while self.buf.len() < MAX_429_BODY {
-            let Some(body) = self.body.as_mut() else {
-                break;
-            };
-            match ready!(body.as_mut().poll_frame(cx)) {
-                None => self.body = None,
-                Some(Err(e)) => {
-                    self.error = Some(e);
-                    self.body = None;
-                }
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(mut data) => {
-                        use bytes::Buf;
-                        while data.has_remaining() {
-                            let chunk = data.chunk();
-                            self.buf.extend_from_slice(chunk);
-                            let n = chunk.len();
-                            data.advance(n);
-                        }
-                    }
-                    Err(frame) => {
-                        if let Ok(t) = frame.into_trailers() {
-                            self.trailers = Some(t);
-                        }
-                        self.body = None;
-                    }
-                },
-            }
-        }
-        Poll::Ready(())
     }
 }

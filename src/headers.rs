@@ -62,6 +62,8 @@ pub struct RateLimitInfo {
     pub retry_after: Option<Duration>,
     /// Set on a 429.
     pub too_many_requests: Option<TooManyRequests>,
+    /// Any `X-RateLimit-*` header was present, usable or not.
+    pub(crate) any_header: bool,
 }
 
 /// An `X-RateLimit-Bucket` value: opaque, visible ASCII, at most 128 bytes.
@@ -143,6 +145,7 @@ impl RateLimitInfo {
                 }
                 continue;
             };
+            info.any_header = true;
             match rest {
                 "limit" => info.limit = count(name, value).filter(|&l| l > 0),
                 "remaining" => info.remaining = count(name, value),

@@ -63,7 +63,7 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
 mod error;
@@ -71,6 +71,10 @@ mod future;
 mod headers;
 mod layer;
 mod limiter;
+#[cfg(feature = "reqwest-middleware")]
+pub mod reqwest;
+#[cfg(feature = "retry")]
+pub mod retry;
 pub mod route;
 mod service;
 

@@ -129,12 +129,15 @@ impl Bucket {
         }
     }
 
-    /// A 429 for this bucket: hold it until `until`.
-    pub(crate) fn block(&mut self, until: Instant) {
+    /// A 429 for this bucket: hold it until `until`. A `user` 429
+    /// (`exhausted`) also says the server's window ends then, so the window
+    /// refills at `until` rather than at a later local estimate; a `shared`
+    /// one says nothing of this user's quota, which is kept.
+    pub(crate) fn block(&mut self, until: Instant, exhausted: bool) {
         self.blocked_until = Some(self.blocked_until.map_or(until, |b| b.max(until)));
-        if self.limit.is_some() {
+        if exhausted && self.limit.is_some() {
             self.remaining = 0;
-            self.reset = Some(self.reset.map_or(until, |r| r.max(until)));
+            self.reset = Some(until);
         }
     }
 
@@ -340,11 +343,37 @@ mod tests {
         b.release(0, true);
         b.apply(&info(5, 4, 1.0, 1000), t0);
         let until = t0 + Duration::from_secs(3);
-        b.block(until);
+        b.block(until, true);
         assert_eq!(b.check(t0), Some(Some(until)));
         assert_eq!(b.known_wait(t0), Some(until));
         assert_eq!(b.check(until), None);
         assert_eq!(b.remaining(), 5);
+    }
+
+    #[test]
+    fn a_429_refills_at_its_end_not_at_a_later_local_reset() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0);
+        grant(&mut b, t0);
+        b.release(0, true);
+        b.apply(&info(5, 4, 5.0, 1000), t0);
+        let until = t0 + Duration::from_secs(2);
+        b.block(until, true);
+        assert_eq!(
+            b.check(until),
+            None,
+            "user 429: refilled after 2 s, not 5 s"
+        );
+        assert_eq!(b.remaining(), 5);
+
+        let mut b = Bucket::new(t0);
+        grant(&mut b, t0);
+        b.release(0, true);
+        b.apply(&info(5, 4, 5.0, 1000), t0);
+        b.block(until, false);
+        assert_eq!(b.check(t0), Some(Some(until)));
+        assert_eq!(b.check(until), None, "shared 429: held 2 s only");
+        assert_eq!(b.remaining(), 4, "and the user's own quota is kept");
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub(crate) struct GlobalLimit {
     in_flight: u32,
     /// When the answers of the last second came, oldest first.
     ends: VecDeque<Instant>,
+    /// When the global 429s of the last second came, oldest first.
+    rejected: VecDeque<Instant>,
     /// Since when `effective` has been below `configured` without a raise.
     lowered_at: Instant,
 }
@@ -45,6 +47,7 @@ impl GlobalLimit {
             effective: configured,
             in_flight: 0,
             ends: VecDeque::with_capacity(configured.min(64) as usize),
+            rejected: VecDeque::new(),
             lowered_at: now,
         }
     }
@@ -57,6 +60,9 @@ impl GlobalLimit {
     fn refresh(&mut self, now: Instant) {
         while self.ends.front().is_some_and(|e| *e + SECOND <= now) {
             self.ends.pop_front();
+        }
+        while self.rejected.front().is_some_and(|e| *e + SECOND <= now) {
+            self.rejected.pop_front();
         }
         if self.effective < self.configured {
             let secs = now.saturating_duration_since(self.lowered_at).as_secs();
@@ -100,9 +106,10 @@ impl GlobalLimit {
     /// A global 429 came: the server admitted fewer than we let through.
     pub(crate) fn lower(&mut self, now: Instant) {
         self.refresh(now);
-        let held = self.in_flight + self.ends.len() as u32;
-        // The 429'd request itself was not admitted.
-        let admitted = held.saturating_sub(1).max(1);
+        self.rejected.push_back(now);
+        let held = self.in_flight as usize + self.ends.len();
+        // What went out in the last second, but the global 429s.
+        let admitted = held.saturating_sub(self.rejected.len()).max(1) as u32;
         if admitted < self.effective {
             tracing::debug!(
                 from = self.effective,
@@ -116,7 +123,10 @@ impl GlobalLimit {
 
     fn is_idle(&mut self, now: Instant) -> bool {
         self.refresh(now);
-        self.in_flight == 0 && self.ends.is_empty() && self.effective == self.configured
+        self.in_flight == 0
+            && self.ends.is_empty()
+            && self.rejected.is_empty()
+            && self.effective == self.configured
     }
 }
 
@@ -274,6 +284,21 @@ mod tests {
         assert_eq!(l.effective(), 34);
         l.check(t0 + Duration::from_secs(100));
         assert_eq!(l.effective(), 50);
+    }
+
+    #[test]
+    fn the_limit_falls_to_what_the_server_admitted() {
+        let t0 = Instant::now();
+        let mut g = GlobalLimit::new(50, t0);
+        for _ in 0..50 {
+            g.take();
+            g.finish(t0);
+        }
+        // The server admitted 20 of them and refused 30 as global 429s.
+        for _ in 0..30 {
+            g.lower(t0);
+        }
+        assert_eq!(g.effective(), 20);
     }
 
     #[test]

@@ -390,10 +390,16 @@ impl Manager {
             },
         };
         let bucket = &mut entry.bucket;
+        // A bucket still known by its route learns limits only with the
+        // hash that names them (and then they go to that bucket): until
+        // then it stays one request at a time.
+        let named = matches!(key.id, BucketId::Hash(_)) || info.bucket.is_some();
         match (rejected, hold) {
-            (Some(t), Some(hold)) if !t.global => bucket.block(now + hold),
-            _ if info.has_bucket_headers() => bucket.apply(info, now),
-            _ if status.is_success() => bucket.no_headers(),
+            (Some(t), Some(hold)) if !t.global => {
+                bucket.block(now + hold, t.scope != Some(crate::headers::Scope::Shared))
+            }
+            _ if info.has_bucket_headers() && named => bucket.apply(info, now),
+            _ if status.is_success() && !info.any_header => bucket.no_headers(),
             _ => {}
         }
         entry.queue.wake();

@@ -1,0 +1,124 @@
+//! [`reqwest_middleware`] integration: the same limiter in a reqwest client.
+//!
+//! ```no_run
+//! use reqwest_middleware::ClientBuilder;
+//! use tower_rest_ratelimit::{reqwest::RateLimitMiddleware, Limiter, RateLimitInfo};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let limiter = Limiter::new();
+//! let client = ClientBuilder::new(reqwest::Client::new())
+//!     .with(RateLimitMiddleware::new(limiter.clone()))
+//!     .build();
+//! let response = client
+//!     .post("https://discord.com/api/v10/channels/1/messages")
+//!     .header("authorization", "Bot <token>")
+//!     .body(r#"{"content":"hi"}"#)
+//!     .send()
+//!     .await?;
+//! println!("{:?}", response.extensions().get::<RateLimitInfo>());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A [`Limiter`] shared with a tower layer
+//! ([`RateLimitLayer::with_limiter`](crate::RateLimitLayer::with_limiter))
+//! keeps one set of buckets for both clients.
+//!
+//! Put [`RateLimitMiddleware`] last (innermost) in the chain, after any retry
+//! middleware, so that each attempt waits for its slot. A request whose
+//! extensions (given with `RequestBuilder::with_extension`) hold a
+//! [`CompiledRoute`] is limited under it.
+
+use ::reqwest::header::AUTHORIZATION;
+use ::reqwest::{Request, Response, ResponseBuilderExt, StatusCode};
+use ::reqwest_middleware::{Middleware, Next, Result};
+use http::{Extensions, Uri};
+
+use crate::body::Read429;
+use crate::limiter::Start;
+use crate::retry::CloneBody;
+use crate::route::{CompiledRoute, Limits};
+use crate::{Limiter, RateLimitInfo};
+
+/// Rate limits the requests of a `reqwest_middleware` client with a
+/// [`Limiter`]. See the [module docs](self) for an example.
+///
+/// Responses carry a [`RateLimitInfo`] extension; a 429's body is read (up
+/// to 64 KiB) and handed on byte for byte. The limiter's own failures come as
+/// `reqwest_middleware::Error::Middleware` wrapping an
+/// [`Error`](crate::Error).
+#[derive(Debug, Clone, Default)]
+pub struct RateLimitMiddleware {
+    limiter: Limiter,
+}
+
+impl RateLimitMiddleware {
+    /// A middleware over `limiter`.
+    pub fn new(limiter: Limiter) -> Self {
+        Self { limiter }
+    }
+
+    /// The shared limiter.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for RateLimitMiddleware {
+    async fn handle(
+        &self,
+        req: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> Result<Response> {
+        let route = match extensions.get::<CompiledRoute>() {
+            Some(route) => route.clone(),
+            None => {
+                let uri = req.url().path().parse::<Uri>().unwrap_or_default();
+                self.limiter.resolver().resolve(req.method(), &uri)
+            }
+        };
+        if route.limits() == Limits::None {
+            return next.run(req, extensions).await;
+        }
+        let auth = self.limiter.auth_hash(req.headers().get(AUTHORIZATION));
+        let mut ticket = match self.limiter.start(route, auth) {
+            Ok(Start::Go(ticket)) => ticket,
+            Ok(Start::Wait(wait)) => wait
+                .await
+                .map_err(::reqwest_middleware::Error::middleware)?,
+            Err(error) => return Err(::reqwest_middleware::Error::middleware(error)),
+        };
+        ticket.mark_sent();
+        // An error drops the ticket: the slot is no longer in flight.
+        let mut response = next.run(req, extensions).await?;
+        let info = RateLimitInfo::from_headers(response.headers());
+        let status = response.status();
+        if status != StatusCode::TOO_MANY_REQUESTS {
+            ticket.record(status, &info);
+            response.extensions_mut().insert(info);
+            return Ok(response);
+        }
+
+        let url = response.url().clone();
+        let mut read = Read429::new(http::Response::<::reqwest::Body>::from(response), info);
+        std::future::poll_fn(|cx| read.poll_read(cx)).await;
+        let (response, info) = read.finish();
+        ticket.record(status, &info);
+        let (mut parts, body) = response.into_parts();
+        if let Ok(with_url) = http::Response::builder().url(url).body(()) {
+            parts.extensions.extend(with_url.into_parts().0.extensions);
+        }
+        let body = ::reqwest::Body::wrap(body);
+        Ok(Response::from(http::Response::from_parts(parts, body)))
+    }
+}
+
+impl CloneBody for ::reqwest::Body {
+    /// A copy of a body held in memory; `None` for a stream.
+    fn clone_body(&self) -> Option<Self> {
+        self.as_bytes()
+            .map(|b| ::reqwest::Body::from(bytes::Bytes::copy_from_slice(b)))
+    }
+}
