@@ -49,9 +49,58 @@
 //!
 //! `poll_ready` reserves nothing; the wait happens in the response future,
 //! which then drives a clone of the inner service to readiness, so no inner
-//! capacity is held while a request waits on its bucket. Put a timeout
-//! *outside* the layer to bound the wait and the request together (a request
-//! cancelled there gives its slot back).
+//! capacity (a `Buffer` slot, a concurrency permit) is held while a request
+//! waits on its bucket.
+//!
+//! Stack the layers, outermost first, as
+//!
+//! ```text
+//! Timeout            bounds everything below: waits, retries and requests
+//!  └ Retry(RetryPolicy)   every attempt goes through the limiter again
+//!     └ RateLimitLayer    waits for the bucket, learns from each response
+//!        └ client         hyper, or reqwest through tower
+//! ```
+//!
+//! - **Retry outside the limiter**, so that each attempt waits for its own
+//!   slot: after a 429 the limiter already holds the bucket (or, for a global
+//!   429, every bucket of the token) for the `retry_after`, and
+//!   [`retry::RetryPolicy`] retries at once without a wait of its own. A retry
+//!   inside the limiter would send again without asking for a slot.
+//! - **Timeout outside both** to bound what the caller waits in all; a request
+//!   it cancels gives its slot back. A timeout inside the limiter (between it
+//!   and the client) bounds one request on the wire only, which is also
+//!   sensible; never put one outside the retry alone expecting it to cut a
+//!   single attempt.
+//! - With reqwest, use [`reqwest::RateLimitMiddleware`] (feature
+//!   `reqwest-middleware`) last in the middleware chain, after any retry
+//!   middleware, for the same reason.
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tower::ServiceBuilder;
+//! use tower_rest_ratelimit::{retry::RetryPolicy, RateLimitLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+//! let discord = ServiceBuilder::new()
+//!     .timeout(Duration::from_secs(60))
+//!     .retry(RetryPolicy::default())
+//!     .layer(RateLimitLayer::new())
+//!     .service(client);
+//! # let _ = discord;
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! - `retry` (default): [`retry::RetryPolicy`].
+//! - `reqwest-middleware`: [`reqwest::RateLimitMiddleware`] for
+//!   `reqwest_middleware` clients, sharing a [`Limiter`] with tower layers.
 //!
 //! # Errors
 //!
@@ -89,7 +138,7 @@ pub use service::RateLimit;
 /// The service's error type, the same as `tower::BoxError`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The README's examples, compiled as doc tests.
-#[cfg(doctest)]
+/// The README's examples, compiled as doc tests (with every feature on).
+#[cfg(all(doctest, feature = "reqwest-middleware"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

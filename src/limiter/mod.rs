@@ -150,9 +150,18 @@ impl Shared {
 /// assert_eq!(limiter.stats().buckets, 0);
 /// # let _ = (for_bot, for_admin_tool);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Limiter {
     shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limiter")
+            .field("config", &self.shared.config)
+            .field("closed", &self.shared.is_closed())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Limiter {
