@@ -143,9 +143,9 @@ where
                     Some(b) => {
                         let inner = b.size_hint();
                         let mut hint = SizeHint::new();
-                        hint.set_lower(inner.lower() + len);
+                        hint.set_lower(inner.lower().saturating_add(len));
                         if let Some(upper) = inner.upper() {
-                            hint.set_upper(upper + len);
+                            hint.set_upper(upper.saturating_add(len));
                         }
                         hint
                     }

@@ -159,6 +159,16 @@ impl RateLimitInfo {
                 _ => {}
             }
         }
+        if info.reset_after.is_none() {
+            // Without `Reset-After`, the absolute reset by the server's own
+            // clock (its `Date`), never ours. `Date` has whole seconds, so
+            // this errs late by less than one.
+            let date = headers.get(http::header::DATE).and_then(http_date_millis);
+            if let (Some(reset), Some(date)) = (info.reset_millis, date) {
+                info.reset_after = Some(Duration::from_millis(reset.saturating_sub(date)))
+                    .filter(|d| d.as_secs_f64() <= MAX_SECS);
+            }
+        }
         info
     }
 
@@ -272,6 +282,50 @@ fn secs(name: &str, value: &HeaderValue) -> Option<Duration> {
     number(name, value).and_then(|s| to_duration(s, name))
 }
 
+/// Milliseconds since the Unix epoch of an IMF-fixdate,
+/// `Sun, 06 Nov 1994 08:49:37 GMT`, the form HTTP servers send.
+fn http_date_millis(value: &HeaderValue) -> Option<u64> {
+    let text = value.to_str().ok()?;
+    let mut parts = text.split_whitespace().skip(1);
+    let day: u64 = parts.next()?.parse().ok()?;
+    let month = match parts.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: u64 = parts.next()?.parse().ok()?;
+    let mut hms = parts.next()?.split(':').map(|n| n.parse::<u64>().ok());
+    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    if parts.next()? != "GMT" || !(1970..10_000).contains(&year) || day == 0 || day > 31 {
+        return None;
+    }
+    if h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Days from the epoch to the civil date (Howard Hinnant's algorithm).
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(((days * 24 + h) * 60 + m) * 60_000 + sec * 1000)
+}
+
 fn to_duration(secs: f64, what: &str) -> Option<Duration> {
     if secs.is_finite() && (0.0..=MAX_SECS).contains(&secs) {
         Some(Duration::from_secs_f64(secs))
@@ -312,6 +366,27 @@ mod tests {
             Some("abcd1234")
         );
         assert!(info.has_bucket_headers());
+    }
+
+    #[test]
+    fn reset_without_reset_after_uses_the_servers_date() {
+        let h = headers(&[
+            ("x-ratelimit-limit", "2"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "784111779.250"),
+            ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ]);
+        let info = RateLimitInfo::from_headers(&h);
+        assert_eq!(info.reset_after, Some(Duration::from_millis(2250)));
+        for bad in [
+            "yesterday",
+            "Sun, 06 Nov 1994 08:49:37 PST",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+        ] {
+            let mut h = h.clone();
+            h.insert("date", bad.parse().unwrap());
+            assert_eq!(RateLimitInfo::from_headers(&h).reset_after, None, "{bad}");
+        }
     }
 
     #[test]

@@ -96,6 +96,12 @@
 //! # }
 //! ```
 //!
+//! # Runtime
+//!
+//! The layer sleeps with tokio's timers and sweeps stale buckets on a tokio
+//! task: run it inside a tokio runtime with the time driver enabled
+//! (`#[tokio::main]`, or `enable_all()` / `enable_time()` on a builder).
+//!
 //! # Features
 //!
 //! - `retry` (default): [`retry::RetryPolicy`].

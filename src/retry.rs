@@ -116,12 +116,13 @@ impl RetryPolicy {
     }
 }
 
-/// A uniform number in [0, 1), from the standard library's random keys.
+/// A uniform number of whole milliseconds in [0, 1) s (timers round up to
+/// the millisecond), from the standard library's random keys.
 fn jitter() -> f64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let bits = RandomState::new().hash_one(n);
-    (bits >> 11) as f64 / (1u64 << 53) as f64
+    (bits % 1000) as f64 / 1000.0
 }
 
 impl<B, R> tower::retry::Policy<Request<B>, Response<R>, BoxError> for RetryPolicy
@@ -193,8 +194,8 @@ fn is_connection_error(error: &(dyn std::error::Error + 'static)) -> bool {
 ///
 /// Implemented for bodies held whole in memory: `Full<Bytes>`,
 /// `Empty<Bytes>`, `String`, `Vec<u8>`, `Bytes`, `&'static str` and `()`
-/// (and, with the `reqwest` feature, `reqwest::Body` when it is not a
-/// stream). A streaming body returns `None`, and its request is not retried.
+/// (and, with the `reqwest-middleware` feature, `reqwest::Body` when it is
+/// not a stream). A streaming body returns `None`, and its request is not retried.
 pub trait CloneBody: Sized {
     /// A copy of the body, if it can be sent again.
     fn clone_body(&self) -> Option<Self>;

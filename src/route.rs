@@ -22,9 +22,10 @@
 //! assert_eq!(mine, compiled);
 //! ```
 
+use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::{Arc, OnceLock};
 
 use http::{Method, Uri};
 
@@ -114,8 +115,8 @@ impl fmt::Debug for Major {
             MajorValue::Id(name, id) => write!(f, "{name}={id}")?,
             MajorValue::Text(text) => f.write_str(text)?,
         }
-        if let Some(h) = self.secret {
-            write!(f, "+secret#{h:016x}")?;
+        if self.secret.is_some() {
+            f.write_str("+secret")?;
         }
         Ok(())
     }
@@ -178,11 +179,12 @@ impl CompiledRoute {
         self
     }
 
-    /// Adds a secret major parameter (a webhook token), kept only as a hash.
+    /// Adds a secret major parameter (a webhook token), kept only as a hash
+    /// keyed at random once per process, and never shown.
     pub fn with_secret_major(mut self, secret: &str) -> Self {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        secret.hash(&mut h);
-        self.major.secret = Some(h.finish());
+        static KEYS: OnceLock<RandomState> = OnceLock::new();
+        let keys = KEYS.get_or_init(RandomState::new);
+        self.major.secret = Some(keys.hash_one(secret));
         self
     }
 

@@ -10,6 +10,10 @@ use crate::headers::RateLimitInfo;
 /// much past the local one is taken to speak of a later window.
 const WINDOW_TOLERANCE: Duration = Duration::from_millis(100);
 
+/// How long an empty window whose server gave no reset waits before it is
+/// refilled anyway.
+const FALLBACK_RESET: Duration = Duration::from_secs(1);
+
 /// The local view of one bucket's quota.
 #[derive(Debug, Clone)]
 pub(crate) struct Bucket {
@@ -193,6 +197,9 @@ impl Bucket {
                 self.reset = Some(self.reset.map_or(new, |cur| cur.max(new)));
             }
         }
+        if self.remaining == 0 && self.reset.is_none() {
+            self.reset = Some(now + FALLBACK_RESET);
+        }
     }
 
     /// Nothing waits or flies and the bucket has been idle past its reset by
@@ -205,7 +212,9 @@ impl Bucket {
         for t in [self.reset, self.blocked_until].into_iter().flatten() {
             idle_from = idle_from.max(t);
         }
-        now >= idle_from + expire_after
+        idle_from
+            .checked_add(expire_after)
+            .is_some_and(|expiry| now >= expiry)
     }
 }
 
@@ -386,7 +395,8 @@ mod tests {
         for _ in 0..10 {
             grant(&mut b, t0);
         }
-        // A known bucket whose answers lose their reset.
+        // A known bucket whose answers lose their reset: an empty window
+        // waits a second, then starts afresh.
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
@@ -394,16 +404,17 @@ mod tests {
         i.reset_after = None;
         i.reset_millis = None;
         b.apply(&i, t0);
-        assert_eq!(
-            b.check(t0),
-            None,
-            "no reset and nothing in flight: start afresh"
-        );
-        let g = b.take(t0);
-        assert_eq!(b.check(t0), Some(None));
+        let t1 = t0 + FALLBACK_RESET;
+        assert_eq!(b.check(t0), Some(Some(t1)));
+        assert_eq!(b.check(t1), None);
+        let g = b.take(t1);
+        assert_eq!(b.check(t1), Some(None));
         b.release(g, true);
-        b.apply(&i, t0);
-        assert_eq!(b.check(t0), None);
+        b.apply(&i, t1);
+        assert_eq!(b.check(t1), Some(Some(t1 + FALLBACK_RESET)));
+        // Nothing in flight, no reset, nothing left: never stuck.
+        b.reset = None;
+        assert_eq!(b.check(t1), None);
     }
 
     #[test]

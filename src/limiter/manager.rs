@@ -111,6 +111,9 @@ pub(crate) enum Acquire {
         /// The bucket's queue, to wait in.
         queue: Arc<Queue>,
         key: BucketKey,
+        /// A new place in that queue, taken under the lock, unless the
+        /// caller is already its head.
+        waiter: Option<Waiter>,
         /// Notified when a slot of the global limit frees.
         freed: Option<Arc<Notify>>,
     },
@@ -230,7 +233,7 @@ impl Manager {
         }
         let throttled = if global { state.throttled(now) } else { None };
 
-        let key = key_for(routes, buckets, route, auth);
+        let key = key_for(routes, buckets, route, auth, now);
         let is_head = head == Some(&key);
         let entry = buckets
             .entry(key.clone())
@@ -240,6 +243,7 @@ impl Manager {
             global,
             queue: Arc::clone(&entry.queue),
             key: key.clone(),
+            waiter: (!is_head).then(|| Waiter::new(&entry.queue, key.clone())),
             freed,
         };
 
@@ -327,8 +331,9 @@ impl Manager {
         let auth = key.auth;
         let invalid = is_invalid_status(status) || rejected.is_some_and(|t| t.is_invalid());
         let hold = rejected.and_then(|t| {
-            let fallback = if t.global { None } else { info.reset_after };
-            t.retry_after.or(info.retry_after).or(fallback)
+            let reset_after = if t.global { None } else { info.reset_after };
+            t.retry_after
+                .or_else(|| [info.retry_after, reset_after].into_iter().flatten().max())
         });
         if invalid || rejected.is_some_and(|t| t.global) {
             let state = self.auth(auth, config, now);
@@ -473,6 +478,7 @@ fn key_for(
     buckets: &Map<BucketKey, Entry>,
     route: &CompiledRoute,
     auth: AuthHash,
+    now: Instant,
 ) -> BucketKey {
     let by_route = || BucketKey {
         id: BucketId::Route(route.route().clone()),
@@ -489,10 +495,14 @@ fn key_for(
     };
     if !buckets.contains_key(&key) {
         // The route's hash is known, but this major's first request may
-        // still be out under the route: wait for its answer there.
+        // still be out under the route, or its 429 hold the route: wait
+        // there.
         let unknown = by_route();
         if let Some(e) = buckets.get(&unknown) {
-            if e.bucket.in_flight() > 0 || e.queue.waiters.load(Ordering::Relaxed) > 0 {
+            if e.bucket.in_flight() > 0
+                || e.queue.waiters.load(Ordering::Relaxed) > 0
+                || e.bucket.known_wait(now).is_some()
+            {
                 return unknown;
             }
         }

@@ -264,13 +264,14 @@ impl Limiter {
                 global,
                 queue,
                 key,
+                waiter,
                 ..
             } => {
                 if let Some(until) = until {
                     shared.too_long(&route, until, global, now)?;
                 }
                 tracing::debug!(route = %route.route(), ?until, global, "waiting for the rate limit");
-                let waiter = Waiter::new(&queue, key);
+                let waiter = waiter.unwrap_or_else(|| Waiter::new(&queue, key));
                 Ok(Start::Wait(Box::pin(wait_turn(
                     Arc::clone(shared),
                     route,
@@ -293,8 +294,12 @@ impl Limiter {
         let weak = Arc::downgrade(shared);
         let close = Arc::clone(&shared.close);
         let expire_after = shared.config.expire_after;
-        let period = (expire_after / 2).max(Duration::from_millis(100));
+        let period =
+            (expire_after / 2).clamp(Duration::from_millis(100), Duration::from_secs(3600));
         handle.spawn(async move {
+            // However the task ends (its runtime shut down, say), the next
+            // request starts another.
+            let _running = SweeperGuard(weak.clone());
             loop {
                 let closed = close.notified();
                 tokio::pin!(closed);
@@ -314,6 +319,17 @@ impl Limiter {
                 }
             }
         });
+    }
+}
+
+/// Clears the "sweeper running" flag when the sweeper task ends.
+struct SweeperGuard(std::sync::Weak<Shared>);
+
+impl Drop for SweeperGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.sweeper.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -369,9 +385,14 @@ async fn wait_turn(
                         .acquire(&route, auth, Some(&waiter.key), &shared.config, now)?;
                 let (until, global, signal) = match answer {
                     Acquire::Granted(grant) => return Ok(Ticket::new(&shared, grant)),
-                    Acquire::Wait { queue, key, .. } if key != waiter.key => {
+                    Acquire::Wait {
+                        queue,
+                        key,
+                        waiter: new,
+                        ..
+                    } if key != waiter.key => {
                         // The route's bucket was learned or changed: queue there.
-                        waiter = Waiter::new(&queue, key);
+                        waiter = new.unwrap_or_else(|| Waiter::new(&queue, key));
                         break;
                     }
                     Acquire::Wait {

@@ -95,13 +95,29 @@ fn intern(build: impl FnOnce(&mut String)) -> Arc<str> {
     })
 }
 
+/// Whether a literal segment is kept as it is: a short word of lowercase
+/// letters, digits and `@._-`, as every fixed part of Discord's paths is.
+/// Anything else (a code, a token, a name) becomes a parameter, so that it
+/// neither splits a route nor shows up in logs.
+fn is_word(seg: &str) -> bool {
+    seg.len() <= 32
+        && seg
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"@._-".contains(&b))
+}
+
 fn resolve(method: &Method, path: &str) -> CompiledRoute {
-    let mut segs = path.split('/').skip(1).peekable();
-    if segs.peek() == Some(&"api") {
-        segs.next();
-    }
-    if segs.peek().is_some_and(|s| is_version(s)) {
-        segs.next();
+    // Empty segments (`//`) say nothing; anything up to `/api[/vN]` is a
+    // proxy's prefix.
+    let segments = || path.split('/').filter(|s| !s.is_empty());
+    let mut skip = 0;
+    if let Some(api) = segments().take(4).position(|s| s == "api") {
+        skip = api + 1;
+        if segments().nth(skip).is_some_and(is_version) {
+            skip += 1;
+        }
+    } else if segments().next().is_some_and(is_version) {
+        skip = 1;
     }
 
     let mut major: Option<(&'static str, &str)> = None;
@@ -112,7 +128,7 @@ fn resolve(method: &Method, path: &str) -> CompiledRoute {
 
     let template = intern(|template| {
         let (mut prev, mut prev2) = ("", "");
-        for (i, seg) in segs.enumerate() {
+        for (i, seg) in segments().skip(skip).enumerate() {
             match i {
                 0 => top = seg,
                 1 => second = seg,
@@ -121,18 +137,21 @@ fn resolve(method: &Method, path: &str) -> CompiledRoute {
             }
             count = i + 1;
             template.push('/');
+            let after_id = is_id(prev);
             if prev == "reactions" {
                 template.push_str("{emoji}");
-            } else if i == 2 && (top == "webhooks" || top == "interactions") && is_id(second) {
-                if top == "webhooks" {
-                    template.push_str("{webhook_token}");
+            } else if prev == "invites" || prev == "templates" {
+                template.push_str("{code}");
+            } else if after_id && prev2 == "webhooks" && !is_id(seg) {
+                template.push_str("{webhook_token}");
+                if i == 2 {
                     secret = Some(seg);
-                    if seg.starts_with(INTERACTION_TOKEN_PREFIX) {
-                        limits = Limits::BucketOnly;
-                    }
-                } else {
-                    template.push_str("{interaction_token}");
                 }
+                if seg.starts_with(INTERACTION_TOKEN_PREFIX) {
+                    limits = Limits::BucketOnly;
+                }
+            } else if after_id && prev2 == "interactions" {
+                template.push_str("{interaction_token}");
             } else if is_id(seg) {
                 push_param(template, if prev2 == "reactions" { "users" } else { prev });
                 if i == 1 {
@@ -143,8 +162,10 @@ fn resolve(method: &Method, path: &str) -> CompiledRoute {
                         _ => None,
                     };
                 }
-            } else {
+            } else if is_word(seg) {
                 template.push_str(seg);
+            } else {
+                template.push_str("{param}");
             }
             (prev2, prev) = (prev, seg);
         }
@@ -271,6 +292,43 @@ mod tests {
         assert_eq!(edit.limits(), Limits::BucketOnly);
         assert_eq!(r(Method::POST, "/oauth2/token").limits(), Limits::None);
         assert_eq!(r(Method::GET, "/oauth2/token").limits(), Limits::All);
+    }
+
+    #[test]
+    fn codes_do_not_split_a_route() {
+        let a = r(Method::GET, "/api/v10/invites/discord-developers");
+        let b = r(Method::GET, "/api/v10/invites/abcDEF");
+        assert_eq!(a, b);
+        assert_eq!(a.route().template(), "/invites/{code}");
+        let t = r(Method::GET, "/api/v10/guilds/templates/hgM48av5Q69A");
+        assert_eq!(t.route().template(), "/guilds/templates/{code}");
+        let t = r(Method::POST, "/api/v10/guilds/1/templates/hgM48av5Q69A");
+        assert_eq!(t.route().template(), "/guilds/{guild_id}/templates/{code}");
+    }
+
+    #[test]
+    fn prefixes_and_empty_segments_never_leak_a_token() {
+        for path in [
+            "/proxy/api/v10/webhooks/1/SECRETX",
+            "/api/v10//webhooks/1/SECRETX",
+            "//webhooks/1/SECRETX/",
+            "/a/b/api/webhooks/1/SECRETX/messages/@original",
+        ] {
+            let c = r(Method::POST, path);
+            let shown = format!("{c} {c:?} {}", c.route());
+            assert!(!shown.contains("SECRETX"), "{path}: {shown}");
+            assert!(
+                c.route()
+                    .template()
+                    .starts_with("/webhooks/{webhook_id}/{webhook_token}"),
+                "{path}: {shown}"
+            );
+            assert_eq!(c.major().value().as_deref(), Some("webhook_id=1"), "{path}");
+            assert!(c.major().has_secret(), "{path}");
+        }
+        // An unknown shape still keeps odd segments out of the template.
+        let c = r(Method::GET, "/somewhere/Bot.SECRETX.token/x");
+        assert!(!c.route().template().contains("SECRETX"), "{c}");
     }
 
     #[test]
