@@ -109,6 +109,14 @@ fn is_word(seg: &str) -> bool {
 fn resolve(method: &Method, path: &str) -> CompiledRoute {
     // Empty segments (`//`) say nothing; anything up to `/api[/vN]` is a
     // proxy's prefix.
+    let mut path = path;
+    // The common shape, `/api/vN/...`, without a scan.
+    if let Some(rest) = path.strip_prefix("/api/v") {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && rest[digits..].starts_with('/') {
+            path = &rest[digits..];
+        }
+    }
     let segments = || path.split('/').filter(|s| !s.is_empty());
     let mut skip = 0;
     if let Some(api) = segments().take(4).position(|s| s == "api") {
