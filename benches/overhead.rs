@@ -159,6 +159,39 @@ fn buckets(c: &mut Criterion) {
     group.finish();
 }
 
+/// The cost of waiting: `n` requests on `n` channels sent at once through a
+/// saturated global limit (50 per second), in virtual time, so that only
+/// the CPU the waiting takes is measured.
+fn global_contention(c: &mut Criterion) {
+    let mut group = c.benchmark_group("global_contention");
+    group.sample_size(10);
+    for n in [100u64, 400] {
+        group.throughput(Throughput::Elements(n));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+            b.iter(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .start_paused(true)
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    let svc = tower::Layer::layer(&RateLimitLayer::new(), Discord);
+                    let tasks: Vec<_> = (0..n)
+                        .map(|channel| {
+                            let mut svc = svc.clone();
+                            tokio::spawn(async move { send(&mut svc, channel).await })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.expect("task");
+                    }
+                });
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Memory per bucket, and the time one sweep of 100,000 stale buckets takes.
 fn memory() {
     let rt = runtime();
@@ -186,7 +219,7 @@ fn memory() {
     });
 }
 
-criterion_group!(benches, per_request, buckets);
+criterion_group!(benches, per_request, buckets, global_contention);
 
 fn main() {
     let started = Instant::now();

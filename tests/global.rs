@@ -404,6 +404,32 @@ async fn default_global_limit_keeps_200_requests_under_50_per_second() {
     assert!(last - t0 <= ms(3100), "200 requests took {:?}", last - t0);
 }
 
+/// DESIGN "The request path", step 2: requests held by the global limit go
+/// first come first served across buckets: the first 50 sent go in the first
+/// second, the next 50 in the next, and so on.
+#[tokio::test(start_paused = true)]
+async fn requests_held_by_the_global_limit_go_first_come_first_served() {
+    let h = Harness::start(Simulator::new(), RateLimitLayer::builder());
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        tasks.push(h.spawn(Method::POST, messages(i), "a"));
+        // Each request reaches the limiter before the next is sent.
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(statuses(tasks).await, vec![200; 200]);
+    assert_eq!(h.sim.count_429(), 0);
+    for e in h.log_of("a") {
+        let channel: u64 = e.path.split('/').nth(4).unwrap().parse().unwrap();
+        let second = (e.arrival - t0).as_secs();
+        assert_eq!(
+            second,
+            channel / 50,
+            "channel {channel} arrived in second {second}"
+        );
+    }
+}
+
 /// DESIGN "The request path": interaction callbacks skip every limit (they
 /// go at once while the global limit is saturated, and do not use it up);
 /// interaction follow-ups are exempt from the global limit but bucketed.

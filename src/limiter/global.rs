@@ -3,6 +3,7 @@
 //! requests. Pure state machines with time passed in.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -167,8 +168,42 @@ pub(crate) struct AuthState {
     throttle_until: Option<Instant>,
     pub(crate) limit: Option<GlobalLimit>,
     pub(crate) invalid: InvalidCount,
-    /// Wakes the requests waiting on the global limit when a slot frees.
-    pub(crate) freed: Arc<Notify>,
+    /// The requests waiting on the global limit.
+    pub(crate) queue: Arc<GlobalQueue>,
+}
+
+/// The requests of one authentication waiting on its global limit: first
+/// come first served, and only the head (the holder of `turn`) listens for
+/// a freed slot, so that a freed slot wakes one request, not all.
+#[derive(Debug, Default)]
+pub(crate) struct GlobalQueue {
+    pub(crate) freed: Notify,
+    pub(crate) turn: Arc<tokio::sync::Mutex<()>>,
+    waiting: AtomicUsize,
+}
+
+impl GlobalQueue {
+    /// Whether anyone waits (or holds the turn): newcomers then queue too.
+    pub(crate) fn is_waited(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// A place in a [`GlobalQueue`], counted until dropped.
+#[derive(Debug)]
+pub(crate) struct GlobalWaiter(Arc<GlobalQueue>);
+
+impl GlobalWaiter {
+    pub(crate) fn new(queue: &Arc<GlobalQueue>) -> Self {
+        queue.waiting.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(queue))
+    }
+}
+
+impl Drop for GlobalWaiter {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl AuthState {
@@ -177,7 +212,7 @@ impl AuthState {
             throttle_until: None,
             limit: per_second.map(|n| GlobalLimit::new(n, now)),
             invalid: InvalidCount::default(),
-            freed: Arc::default(),
+            queue: Arc::default(),
         }
     }
 
@@ -196,7 +231,7 @@ impl AuthState {
     }
 
     pub(crate) fn is_idle(&mut self, now: Instant) -> bool {
-        Arc::strong_count(&self.freed) == 1
+        Arc::strong_count(&self.queue) == 1
             && self.throttled(now).is_none()
             && self.invalid.count(now) == 0
             && self.limit.as_mut().is_none_or(|l| l.is_idle(now))

@@ -12,7 +12,7 @@ use tokio::sync::{Mutex as AsyncMutex, Notify};
 use tokio::time::Instant;
 
 use super::bucket::Bucket;
-use super::global::AuthState;
+use super::global::{AuthState, GlobalQueue};
 use super::{AuthHash, Config};
 use crate::error::Error;
 use crate::headers::{is_invalid_status, RateLimitInfo};
@@ -114,8 +114,8 @@ pub(crate) enum Acquire {
         /// A new place in that queue, taken under the lock, unless the
         /// caller is already its head.
         waiter: Option<Waiter>,
-        /// Notified when a slot of the global limit frees.
-        freed: Option<Arc<Notify>>,
+        /// Set when the global limit holds the request: its queue.
+        freed: Option<Arc<GlobalQueue>>,
     },
 }
 
@@ -207,12 +207,15 @@ impl Manager {
     }
 
     /// Asks for a slot. `head` is the key the caller already waits at the
-    /// head of, if any: only the head of a non-empty queue is answered.
+    /// head of, if any: only the head of a non-empty queue is answered; and
+    /// while requests wait on the global limit, only the one holding its
+    /// turn (`global_turn`) is.
     pub(crate) fn acquire(
         &mut self,
         route: &CompiledRoute,
         auth: AuthHash,
         head: Option<&BucketKey>,
+        global_turn: bool,
         config: &Config,
         now: Instant,
     ) -> Result<Acquire, Error> {
@@ -265,8 +268,11 @@ impl Manager {
         }
         let mut holds_global = false;
         if let (true, Some(limit)) = (global, state.limit.as_mut()) {
+            if !global_turn && state.queue.is_waited() {
+                return Ok(wait(None, true, Some(Arc::clone(&state.queue))));
+            }
             if let Some(until) = limit.check(now) {
-                return Ok(wait(until, true, Some(Arc::clone(&state.freed))));
+                return Ok(wait(until, true, Some(Arc::clone(&state.queue))));
             }
             limit.take();
             holds_global = true;
@@ -302,8 +308,8 @@ impl Manager {
                 } else {
                     limit.cancel();
                 }
-                if Arc::strong_count(&state.freed) > 1 {
-                    state.freed.notify_waiters();
+                if state.queue.is_waited() {
+                    state.queue.freed.notify_waiters();
                 }
             }
         }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedMutexGuard};
 use tokio::time::Instant;
 
 use crate::error::Error;
@@ -28,6 +28,7 @@ mod bucket;
 mod global;
 mod manager;
 
+use global::{GlobalQueue, GlobalWaiter};
 pub(crate) use manager::FastSet;
 use manager::{Acquire, Grant, Manager, Waiter};
 
@@ -256,7 +257,7 @@ impl Limiter {
         let now = Instant::now();
         let answer = shared
             .lock()
-            .acquire(&route, auth, None, &shared.config, now)?;
+            .acquire(&route, auth, None, false, &shared.config, now)?;
         match answer {
             Acquire::Granted(grant) => Ok(Start::Go(Ticket::new(shared, grant))),
             Acquire::Wait {
@@ -359,8 +360,12 @@ async fn wait_turn(
     tokio::pin!(closed);
     closed.as_mut().enable();
     let work = async {
-        // Where to hear that a global slot freed, once a wait showed it.
-        let mut global_signal: Option<Arc<Notify>> = None;
+        // The global limit's queue once a wait showed it, and our turn in
+        // it while the global limit alone holds us. Taken only while holding
+        // a bucket's turn, and let go before queueing at another bucket, so
+        // the two never wait on each other.
+        let mut global_queue: Option<Arc<GlobalQueue>> = None;
+        let mut global_turn: Option<(OwnedMutexGuard<()>, GlobalWaiter)> = None;
         loop {
             let queue = Arc::clone(&waiter.queue);
             let _turn = queue.turn.lock().await;
@@ -369,8 +374,8 @@ async fn wait_turn(
                 let notified = queue.notify.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let listening = global_signal.clone();
-                let freed = listening.as_deref().map(Notify::notified);
+                let listening = global_turn.as_ref().and(global_queue.clone());
+                let freed = listening.as_deref().map(|q| q.freed.notified());
                 tokio::pin!(freed);
                 if let Some(f) = freed.as_mut().as_pin_mut() {
                     f.enable();
@@ -379,11 +384,15 @@ async fn wait_turn(
                     return Err(Error::Closed);
                 }
                 let now = Instant::now();
-                let answer =
-                    shared
-                        .lock()
-                        .acquire(&route, auth, Some(&waiter.key), &shared.config, now)?;
-                let (until, global, signal) = match answer {
+                let answer = shared.lock().acquire(
+                    &route,
+                    auth,
+                    Some(&waiter.key),
+                    global_turn.is_some(),
+                    &shared.config,
+                    now,
+                )?;
+                let (until, global, limit_queue) = match answer {
                     Acquire::Granted(grant) => return Ok(Ticket::new(&shared, grant)),
                     Acquire::Wait {
                         queue,
@@ -392,6 +401,7 @@ async fn wait_turn(
                         ..
                     } if key != waiter.key => {
                         // The route's bucket was learned or changed: queue there.
+                        global_turn = None;
                         waiter = new.unwrap_or_else(|| Waiter::new(&queue, key));
                         break;
                     }
@@ -402,14 +412,18 @@ async fn wait_turn(
                         ..
                     } => (until, global, freed),
                 };
-                if let Some(signal) = signal {
-                    if !global_signal
-                        .as_ref()
-                        .is_some_and(|s| Arc::ptr_eq(s, &signal))
-                    {
-                        global_signal = Some(signal);
+                match limit_queue {
+                    // The global limit holds us: wait for our turn at it first.
+                    Some(limit_queue) if global_turn.is_none() => {
+                        let place = GlobalWaiter::new(&limit_queue);
+                        let guard = Arc::clone(&limit_queue.turn).lock_owned().await;
+                        global_turn = Some((guard, place));
+                        global_queue = Some(limit_queue);
                         continue;
                     }
+                    Some(_) => {}
+                    // Something else holds us: let the next one have the turn.
+                    None => global_turn = None,
                 }
                 if let Some(until) = until {
                     shared.too_long(&route, until, global, now)?;
