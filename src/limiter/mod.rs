@@ -297,10 +297,11 @@ impl Limiter {
         let expire_after = shared.config.expire_after;
         let period =
             (expire_after / 2).clamp(Duration::from_millis(100), Duration::from_secs(3600));
+        // However the task ends, even dropped unpolled with its runtime, the
+        // next request starts another.
+        let running = SweeperGuard(weak.clone());
         handle.spawn(async move {
-            // However the task ends (its runtime shut down, say), the next
-            // request starts another.
-            let _running = SweeperGuard(weak.clone());
+            let _running = running;
             loop {
                 let closed = close.notified();
                 tokio::pin!(closed);
