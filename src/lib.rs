@@ -75,26 +75,8 @@
 //!   `reqwest-middleware`) last in the middleware chain, after any retry
 //!   middleware, for the same reason.
 //!
-//! ```
-//! use std::time::Duration;
-//! use bytes::Bytes;
-//! use http_body_util::Full;
-//! use hyper_util::client::legacy::Client;
-//! use hyper_util::rt::TokioExecutor;
-//! use tower::ServiceBuilder;
-//! use tower_rest_ratelimit::{retry::RetryPolicy, RateLimitLayer};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-//! let discord = ServiceBuilder::new()
-//!     .timeout(Duration::from_secs(60))
-//!     .retry(RetryPolicy::default())
-//!     .layer(RateLimitLayer::new())
-//!     .service(client);
-//! # let _ = discord;
-//! # }
-//! ```
+//! The [`retry`] module shows this stack in code, and the examples
+//! `hyper_client` and `reqwest_client` run it against a simulated server.
 //!
 //! # Runtime
 //!
