@@ -77,15 +77,39 @@ impl Drop for Waiter {
 #[derive(Debug)]
 struct Entry {
     bucket: Bucket,
-    queue: Arc<Queue>,
+    /// Made when a request first waits here: most buckets never need one.
+    queue: Option<Arc<Queue>>,
 }
 
 impl Entry {
     fn new(now: Instant) -> Self {
         Self {
             bucket: Bucket::new(now),
-            queue: Arc::default(),
+            queue: None,
         }
+    }
+
+    fn queue(&mut self) -> &Arc<Queue> {
+        self.queue.get_or_insert_with(Arc::default)
+    }
+
+    fn waiters(&self) -> usize {
+        self.queue
+            .as_ref()
+            .map_or(0, |q| q.waiters.load(Ordering::Relaxed))
+    }
+
+    fn wake(&self) {
+        if let Some(queue) = &self.queue {
+            queue.wake();
+        }
+    }
+
+    /// Someone waits here, or holds the queue to wait in it.
+    fn in_use(&self) -> bool {
+        self.queue
+            .as_ref()
+            .is_some_and(|q| Arc::strong_count(q) > 1 || q.waiters.load(Ordering::Relaxed) > 0)
     }
 }
 
@@ -241,16 +265,19 @@ impl Manager {
         let entry = buckets
             .entry(key.clone())
             .or_insert_with(|| Entry::new(now));
-        let wait = |until, global, freed| Acquire::Wait {
-            until,
-            global,
-            queue: Arc::clone(&entry.queue),
-            key: key.clone(),
-            waiter: (!is_head).then(|| Waiter::new(&entry.queue, key.clone())),
-            freed,
+        let wait = |entry: &mut Entry, until, global, freed| {
+            let queue = Arc::clone(entry.queue());
+            Acquire::Wait {
+                until,
+                global,
+                waiter: (!is_head).then(|| Waiter::new(&queue, key.clone())),
+                queue,
+                key: key.clone(),
+                freed,
+            }
         };
 
-        if !is_head && entry.queue.waiters.load(Ordering::Relaxed) > 0 {
+        if !is_head && entry.waiters() > 0 {
             let bucket_until = entry.bucket.known_wait(now);
             let (until, global) = match (bucket_until, throttled) {
                 (Some(b), Some(g)) if g >= b => (Some(g), true),
@@ -258,21 +285,21 @@ impl Manager {
                 (None, Some(g)) => (Some(g), true),
                 (None, None) => (None, false),
             };
-            return Ok(wait(until, global, None));
+            return Ok(wait(entry, until, global, None));
         }
         if let Some(until) = throttled {
-            return Ok(wait(Some(until), true, None));
+            return Ok(wait(entry, Some(until), true, None));
         }
         if let Some(until) = entry.bucket.check(now) {
-            return Ok(wait(until, false, None));
+            return Ok(wait(entry, until, false, None));
         }
         let mut holds_global = false;
         if let (true, Some(limit)) = (global, state.limit.as_mut()) {
             if !global_turn && state.queue.is_waited() {
-                return Ok(wait(None, true, Some(Arc::clone(&state.queue))));
+                return Ok(wait(entry, None, true, Some(Arc::clone(&state.queue))));
             }
             if let Some(until) = limit.check(now) {
-                return Ok(wait(until, true, Some(Arc::clone(&state.queue))));
+                return Ok(wait(entry, until, true, Some(Arc::clone(&state.queue))));
             }
             limit.take();
             holds_global = true;
@@ -294,7 +321,7 @@ impl Manager {
         }
         if let Some(entry) = self.buckets.get_mut(&grant.key) {
             entry.bucket.release(grant.generation, sent);
-            entry.queue.wake();
+            entry.wake();
         }
     }
 
@@ -385,7 +412,7 @@ impl Manager {
         let mut own = self.buckets.get_mut(&key);
         if let Some(entry) = own.as_mut() {
             entry.bucket.release(generation, true);
-            entry.queue.wake();
+            entry.wake();
         }
         let entry = match target {
             None => match own {
@@ -413,18 +440,15 @@ impl Manager {
             _ if status.is_success() && !info.any_header => bucket.no_headers(),
             _ => {}
         }
-        entry.queue.wake();
+        entry.wake();
     }
 
     /// Drops stale buckets, routes whose bucket is gone, and idle
     /// authentications. Returns how many buckets were dropped.
     pub(crate) fn sweep(&mut self, expire_after: Duration, now: Instant) -> usize {
         let before = self.buckets.len();
-        self.buckets.retain(|_, e| {
-            Arc::strong_count(&e.queue) > 1
-                || e.queue.waiters.load(Ordering::Relaxed) > 0
-                || !e.bucket.is_stale(now, expire_after)
-        });
+        self.buckets
+            .retain(|_, e| e.in_use() || !e.bucket.is_stale(now, expire_after));
         let live: FastSet<&Arc<str>> = self
             .buckets
             .keys()
@@ -445,7 +469,7 @@ impl Manager {
             ..Counts::default()
         };
         for e in self.buckets.values() {
-            counts.waiters += e.queue.waiters.load(Ordering::Relaxed);
+            counts.waiters += e.waiters();
             counts.in_flight += e.bucket.in_flight() as usize;
         }
         for (auth, state) in &mut self.auths {
@@ -473,7 +497,9 @@ impl Manager {
     /// signal.)
     pub(crate) fn notify_all(&self) {
         for e in self.buckets.values() {
-            e.queue.notify.notify_waiters();
+            if let Some(queue) = &e.queue {
+                queue.notify.notify_waiters();
+            }
         }
     }
 }
@@ -505,10 +531,7 @@ fn key_for(
         // there.
         let unknown = by_route();
         if let Some(e) = buckets.get(&unknown) {
-            if e.bucket.in_flight() > 0
-                || e.queue.waiters.load(Ordering::Relaxed) > 0
-                || e.bucket.known_wait(now).is_some()
-            {
+            if e.bucket.in_flight() > 0 || e.waiters() > 0 || e.bucket.known_wait(now).is_some() {
                 return unknown;
             }
         }
