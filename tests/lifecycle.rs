@@ -918,3 +918,25 @@ async fn compiled_route_extension_overrides_the_resolver() {
     );
     assert_eq!(sim.requests().len(), 12);
 }
+
+/// DESIGN.md "Stale buckets … are dropped, so memory stays bounded": once a
+/// route's bucket is known, the entry that probed it by route is let go at
+/// once, not kept until it expires: one bucket per channel.
+#[tokio::test(start_paused = true)]
+async fn a_probe_entry_is_let_go_once_its_bucket_is_known() {
+    let (_sim, inner) = Simulator::new().global_limit(None).service();
+    let layer = RateLimitLayer::builder().global_limit(None).build();
+    let limiter = layer.limiter().clone();
+    let mut svc = layer.layer(inner);
+    for channel in 1..=3 {
+        let path = format!("http://discord.test/api/v10/channels/{channel}/messages");
+        let req = Request::post(path)
+            .header("authorization", "Bot a")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let stats = limiter.stats();
+    assert_eq!((stats.buckets, stats.routes), (3, 1), "{stats:?}");
+}

@@ -409,6 +409,7 @@ impl Manager {
             }
         }
 
+        let moved = target.is_some();
         let mut own = self.buckets.get_mut(&key);
         if let Some(entry) = own.as_mut() {
             entry.bucket.release(generation, true);
@@ -441,6 +442,17 @@ impl Manager {
             _ => {}
         }
         entry.wake();
+
+        if moved && matches!(key.id, BucketId::Route(_)) {
+            // The entry by route has served its purpose once nothing flies,
+            // waits or is held there: the bucket is known by its hash now.
+            let done = self.buckets.get(&key).is_some_and(|e| {
+                e.bucket.in_flight() == 0 && !e.in_use() && e.bucket.known_wait(now).is_none()
+            });
+            if done {
+                self.buckets.remove(&key);
+            }
+        }
     }
 
     /// Drops stale buckets, routes whose bucket is gone, and idle
