@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http::Method;
-use support::{client, request, Simulator};
+use support::{client, request, sim_with_messages};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rest_ratelimit::{RateLimitInfo, RateLimitLayer};
@@ -26,14 +26,7 @@ async fn main() -> Result<(), tower::BoxError> {
     // Discord's limits: messages 5 per 5 s per channel (here 5 per 1 s, to
     // keep the demo short), reactions 1 per 250 ms, 50 requests per second
     // per token.
-    let (sim, addr) = Simulator::new()
-        .bucket(
-            Method::POST,
-            support::MESSAGES_ROUTE,
-            support::MESSAGES_HASH,
-            5,
-            Duration::from_secs(1),
-        )
+    let (sim, addr) = sim_with_messages(5, Duration::from_secs(1))
         .latency(Duration::from_millis(20))
         .start();
     let layer = RateLimitLayer::new();

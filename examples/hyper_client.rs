@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
-use http::Method;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -34,14 +33,7 @@ const MESSAGES_PER_CHANNEL: u64 = 10;
 async fn main() -> Result<(), tower::BoxError> {
     // A simulated Discord. "Create message" allows 5 per second per channel
     // here (5 per 5 s on Discord), to keep the run short.
-    let (sim, addr) = support::Simulator::new()
-        .bucket(
-            Method::POST,
-            support::MESSAGES_ROUTE,
-            support::MESSAGES_HASH,
-            5,
-            Duration::from_secs(1),
-        )
+    let (sim, addr) = support::sim_with_messages(5, Duration::from_secs(1))
         .latency(Duration::from_millis(20))
         .start();
     // The first request gets a 503, to show a retry after a back-off.

@@ -14,7 +14,6 @@ mod support;
 
 use std::time::Duration;
 
-use http::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tokio::task::JoinSet;
@@ -29,14 +28,7 @@ const MESSAGES_PER_CHANNEL: u64 = 20;
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // A simulated Discord. "Create message" allows 5 per second per channel
     // here (5 per 5 s on Discord), to keep the run short.
-    let (sim, addr) = support::Simulator::new()
-        .bucket(
-            Method::POST,
-            support::MESSAGES_ROUTE,
-            support::MESSAGES_HASH,
-            5,
-            Duration::from_secs(1),
-        )
+    let (sim, addr) = support::sim_with_messages(5, Duration::from_secs(1))
         .latency(Duration::from_millis(20))
         .start();
     let base = format!("http://{addr}/api/v10");

@@ -6,9 +6,10 @@
 //!
 //! Under the paused clock, a runtime with nothing to run but a pending timer
 //! jumps straight to that timer, even while a socket is about to become
-//! ready. [`tick_clock`] keeps a timer at most [`TICK`] away, so that an HTTP
-//! round trip costs a few virtual milliseconds instead of a leap to the next
-//! bucket reset or sweep; timings are asserted with a [`SLACK`] for that.
+//! ready. [`tick_clock`] keeps a timer at most [`TICK`](support::TICK) away,
+//! so that an HTTP round trip costs a few virtual milliseconds instead of a
+//! leap to the next bucket reset or sweep; timings are asserted with a
+//! [`SLACK`] for that.
 
 mod support;
 
@@ -20,8 +21,10 @@ use http_body::Body;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use support::{body_string, client, request, Handle, Simulator, MESSAGES_HASH, MESSAGES_ROUTE};
-use tokio::task::JoinHandle;
+use support::{
+    body_string, client, messages, request, sim_with_messages, tick_clock, Handle, Simulator,
+    MESSAGES_HASH,
+};
 use tokio::time::Instant;
 use tower::retry::Retry;
 use tower::timeout::error::Elapsed;
@@ -30,29 +33,9 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rest_ratelimit::retry::RetryPolicy;
 use tower_rest_ratelimit::{BoxError, Limiter, RateLimit, RateLimitInfo, RateLimitLayer, Stats};
 
-/// Longest jump of the paused clock while sockets are busy.
-const TICK: Duration = Duration::from_millis(5);
 /// What a few HTTP round trips may cost in virtual time (see [`tick_clock`]).
 const SLACK: Duration = Duration::from_millis(250);
 const TOKEN: &str = "a";
-
-fn messages(channel: u64) -> String {
-    format!("/api/v10/channels/{channel}/messages")
-}
-
-/// A simulator whose "create message" bucket allows `limit` per `window`.
-fn sim_with_messages(limit: u32, window: Duration) -> Simulator {
-    Simulator::new().bucket(Method::POST, MESSAGES_ROUTE, MESSAGES_HASH, limit, window)
-}
-
-/// Keeps a timer at most [`TICK`] away (see the module docs).
-fn tick_clock() -> JoinHandle<()> {
-    tokio::spawn(async {
-        loop {
-            tokio::time::sleep(TICK).await;
-        }
-    })
-}
 
 /// The stack under test: a timeout around the retries around the limiter,
 /// over a plain hyper client.

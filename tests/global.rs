@@ -13,24 +13,19 @@
 
 mod support;
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use support::{client, limited_body, request, Handle, LoggedRequest, Override, Scope, Simulator};
-use tokio::sync::Notify;
+use http::{HeaderValue, Method, Response};
+use http_body::Body;
+use http_body_util::BodyExt;
+use support::{
+    client, limited_body, messages, request, Handle, LoggedRequest, Net, Override, Scope, Simulator,
+};
 use tokio::time::{sleep_until, Instant};
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 use tower_rest_ratelimit::route::Route;
 use tower_rest_ratelimit::{
     BoxError, Builder, Error, Limiter, RateLimit, RateLimitInfo, RateLimitLayer,
@@ -40,116 +35,6 @@ const SECOND: Duration = Duration::from_secs(1);
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-// ---------------------------------------------------------------------------
-// Harness: a hyper client whose round trips take no virtual time.
-// ---------------------------------------------------------------------------
-
-/// Counts requests on the wire and wakes the clock holder.
-#[derive(Clone, Default)]
-struct Wire {
-    on_wire: Arc<AtomicUsize>,
-    wake: Arc<Notify>,
-}
-
-/// One request on the wire, until its response body ends or is dropped.
-struct OnWire(Wire);
-
-impl OnWire {
-    fn new(wire: &Wire) -> Self {
-        wire.on_wire.fetch_add(1, Ordering::SeqCst);
-        wire.wake.notify_one();
-        OnWire(wire.clone())
-    }
-}
-
-impl Drop for OnWire {
-    fn drop(&mut self) {
-        self.0.on_wire.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Wire {
-    /// Spawns the task that keeps the runtime busy (so the paused clock does
-    /// not auto-advance) while any request is on the wire.
-    fn hold_clock(&self) {
-        let wire = self.clone();
-        tokio::spawn(async move {
-            loop {
-                if wire.on_wire.load(Ordering::SeqCst) > 0 {
-                    tokio::task::yield_now().await;
-                } else {
-                    wire.wake.notified().await;
-                }
-            }
-        });
-    }
-}
-
-/// A response body that keeps its request "on the wire" until it ends.
-struct Tracked {
-    body: Incoming,
-    on_wire: Option<OnWire>,
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
-            this.on_wire = None;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-type NetFuture = Pin<
-    Box<dyn Future<Output = Result<Response<Tracked>, hyper_util::client::legacy::Error>> + Send>,
->;
-
-/// The inner service: the simulator's hyper client, with the wire tracked.
-#[derive(Clone)]
-struct Net {
-    client: HttpClient,
-    wire: Wire,
-}
-
-impl Service<Request<Full<Bytes>>> for Net {
-    type Response = Response<Tracked>;
-    type Error = hyper_util::client::legacy::Error;
-    type Future = NetFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Full<Bytes>>) -> NetFuture {
-        let on_wire = OnWire::new(&self.wire);
-        let response = self.client.request(req);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|body| Tracked {
-                body,
-                on_wire: Some(on_wire),
-            }))
-        })
-    }
 }
 
 /// What the caller got back.
@@ -197,12 +82,7 @@ struct Harness {
 impl Harness {
     fn start(sim: Simulator, limiter: Builder) -> Harness {
         let (sim, addr) = sim.start();
-        let wire = Wire::default();
-        wire.hold_clock();
-        let net = Net {
-            client: client(),
-            wire,
-        };
+        let net = Net::new(client());
         let svc = tower::Layer::layer(
             &RateLimitLayer::with_limiter(limiter.build_limiter()),
             net.clone(),
@@ -287,10 +167,6 @@ async fn settle_until(what: &str, mut done: impl FnMut() -> bool) {
         tokio::task::yield_now().await;
     }
     panic!("never happened: {what}");
-}
-
-fn messages(channel: u64) -> String {
-    format!("/api/v10/channels/{channel}/messages")
 }
 
 fn is_follow_up(e: &LoggedRequest) -> bool {

@@ -29,37 +29,13 @@ use tower_rest_ratelimit::{BoxError, Error, Limiter, RateLimitLayer, Stats};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// Longest jump of the paused clock while sockets are busy (see [`tick_clock`]).
-const TICK: Duration = Duration::from_millis(5);
 /// Virtual time after which a test calls a request hung.
 const HANG: Duration = Duration::from_secs(600);
 const TOKEN: &str = "a";
 
-fn messages(channel: u64) -> String {
-    format!("/api/v10/channels/{channel}/messages")
-}
-
 /// Key of the simulator's "create message" bucket of one channel.
 fn messages_key(channel: u64) -> String {
     format!("{MESSAGES_HASH}:{channel}")
-}
-
-/// A simulator whose "create message" bucket allows `limit` per `window`.
-fn sim_with_messages(limit: u32, window: Duration) -> Simulator {
-    Simulator::new().bucket(Method::POST, MESSAGES_ROUTE, MESSAGES_HASH, limit, window)
-}
-
-/// Under the paused clock, a runtime with nothing to run but a pending timer
-/// advances straight to that timer, even while a socket is about to become
-/// ready. This task keeps a timer at most [`TICK`] away, so that real HTTP
-/// exchanges cost a few virtual milliseconds instead of a leap to the next
-/// bucket reset or sweep.
-fn tick_clock() -> JoinHandle<()> {
-    tokio::spawn(async {
-        loop {
-            tokio::time::sleep(TICK).await;
-        }
-    })
 }
 
 /// Awaits `fut`, failing the test if it takes longer than [`HANG`] of virtual

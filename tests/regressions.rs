@@ -18,25 +18,18 @@
 
 mod support;
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use support::{
-    client, limited_body, request, Handle, LoggedRequest, Override, Simulator, MESSAGES_HASH,
-    RATE_LIMITED_MESSAGE,
+    client, gaps, limited_body, messages, request, Handle, LoggedRequest, Net, NetFuture, Override,
+    Simulator, Tracked, MESSAGES_HASH, RATE_LIMITED_MESSAGE,
 };
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use tower_rest_ratelimit::{
@@ -51,86 +44,6 @@ const TOKEN: &str = "a";
 
 fn secs(n: f64) -> Duration {
     Duration::from_secs_f64(n)
-}
-
-fn messages(channel: u64) -> String {
-    format!("/api/v10/channels/{channel}/messages")
-}
-
-// ---------------------------------------------------------------------------
-// Harness: a hyper client whose round trips take no virtual time.
-// ---------------------------------------------------------------------------
-
-/// Counts requests on the wire and wakes the clock holder.
-#[derive(Clone, Default)]
-struct Wire {
-    on_wire: Arc<AtomicUsize>,
-    wake: Arc<Notify>,
-}
-
-/// One request on the wire, until its response body ends or is dropped.
-struct OnWire(Wire);
-
-impl OnWire {
-    fn new(wire: &Wire) -> Self {
-        wire.on_wire.fetch_add(1, Ordering::SeqCst);
-        wire.wake.notify_one();
-        OnWire(wire.clone())
-    }
-}
-
-impl Drop for OnWire {
-    fn drop(&mut self) {
-        self.0.on_wire.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Wire {
-    /// Spawns the task that keeps the runtime busy (so that the paused clock
-    /// does not auto-advance) while any request is on the wire.
-    fn hold_clock(&self) {
-        let wire = self.clone();
-        tokio::spawn(async move {
-            loop {
-                if wire.on_wire.load(Ordering::SeqCst) > 0 {
-                    tokio::task::yield_now().await;
-                } else {
-                    wire.wake.notified().await;
-                }
-            }
-        });
-    }
-}
-
-/// A response body that keeps its request on the wire until it ends.
-struct Tracked {
-    body: Incoming,
-    on_wire: Option<OnWire>,
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
-            this.on_wire = None;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
 }
 
 /// Seconds with three decimals, as Discord writes them.
@@ -253,27 +166,21 @@ struct Script {
 /// Which requests (by path and query) a [`ScriptedBucket`] answers.
 type Scripting = (fn(&str) -> bool, ScriptedBucket);
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-type NetFuture = Pin<
-    Box<dyn Future<Output = Result<Response<Tracked>, hyper_util::client::legacy::Error>> + Send>,
->;
-
-/// The inner service: the simulator's hyper client, with the wire tracked
-/// and, for the requests a [`Script`] matches, the answer scripted.
+/// The inner service: [`Net`], with the answer scripted for the requests a
+/// [`Script`] matches.
 #[derive(Clone)]
-struct Net {
-    client: HttpClient,
-    wire: Wire,
+struct ScriptedNet {
+    net: Net,
     script: Option<Script>,
 }
 
-impl Service<Request<Full<Bytes>>> for Net {
+impl Service<Request<Full<Bytes>>> for ScriptedNet {
     type Response = Response<Tracked>;
     type Error = hyper_util::client::legacy::Error;
     type Future = NetFuture;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.net.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Full<Bytes>>) -> NetFuture {
@@ -290,15 +197,7 @@ impl Service<Request<Full<Bytes>>> for Net {
                 script.sim.push_override_for(target, answer);
             }
         }
-        let on_wire = OnWire::new(&self.wire);
-        let response = self.client.request(req);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|body| Tracked {
-                body,
-                on_wire: Some(on_wire),
-            }))
-        })
+        self.net.call(req)
     }
 }
 
@@ -333,7 +232,7 @@ impl Seen {
 struct Harness {
     sim: Handle,
     base: String,
-    svc: RateLimit<Net>,
+    svc: RateLimit<ScriptedNet>,
 }
 
 impl Harness {
@@ -347,16 +246,13 @@ impl Harness {
         let (sim, addr) = sim
             .start_time(UNIX_EPOCH + Duration::from_millis(START_MS))
             .start();
-        let wire = Wire::default();
-        wire.hold_clock();
         let script = script.map(|(matches, bucket)| Script {
             sim: sim.clone(),
             matches,
             bucket: Arc::new(Mutex::new(bucket)),
         });
-        let net = Net {
-            client: client(),
-            wire,
+        let net = ScriptedNet {
+            net: Net::new(client()),
             script,
         };
         let svc = RateLimitLayer::with_limiter(limiter.build_limiter()).layer(net);
@@ -408,11 +304,6 @@ async fn statuses(tasks: Vec<tokio::task::JoinHandle<u16>>) -> Vec<u16> {
         out.push(t.await.expect("task"));
     }
     out
-}
-
-/// Gaps between consecutive instants.
-fn gaps(times: &[Instant]) -> Vec<Duration> {
-    times.windows(2).map(|w| w[1] - w[0]).collect()
 }
 
 // ---------------------------------------------------------------------------

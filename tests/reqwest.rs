@@ -7,9 +7,10 @@
 //! reqwest spawns no runtime of its own, so its connections live on the
 //! test's paused runtime. Under the paused clock, a runtime with nothing to
 //! run but a pending timer jumps straight to that timer, even while a socket
-//! is about to become ready; [`tick_clock`] keeps a timer at most [`TICK`]
-//! away, so that a round trip costs a few virtual milliseconds instead of a
-//! leap to the next bucket reset (or reqwest's pool timer).
+//! is about to become ready; [`tick_clock`] keeps a timer at most
+//! [`TICK`](support::TICK) away, so that a round trip costs a few virtual
+//! milliseconds instead of a leap to the next bucket reset (or reqwest's pool
+//! timer).
 
 mod support;
 
@@ -22,7 +23,9 @@ use http::{Method, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use support::{client, limited_body, request, Handle, Override, Simulator, MESSAGES_HASH};
+use support::{
+    client, limited_body, request, tick_clock, Handle, Override, Simulator, MESSAGES_HASH,
+};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -30,21 +33,10 @@ use tower_rest_ratelimit::reqwest::RateLimitMiddleware;
 use tower_rest_ratelimit::retry::RetryPolicy;
 use tower_rest_ratelimit::{BoxError, Error, Limiter, RateLimitInfo, RateLimitLayer};
 
-/// Longest jump of the paused clock while sockets are busy.
-const TICK: Duration = Duration::from_millis(5);
 const MESSAGES: &str = "/api/v10/channels/1/messages";
 /// The simulator's bucket key of channel 1's messages.
 const CHANNEL_1: &str = "80c17d2f203122d936070c88c8d10f33:1";
 const AUTH: &str = "Bot a";
-
-/// Keeps a timer at most [`TICK`] away (see the module docs).
-fn tick_clock() -> JoinHandle<()> {
-    tokio::spawn(async {
-        loop {
-            tokio::time::sleep(TICK).await;
-        }
-    })
-}
 
 /// A started simulator and the URL of channel 1's messages on it.
 fn start(sim: Simulator) -> (Handle, String) {

@@ -14,7 +14,6 @@
 mod support;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,14 +23,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use support::{client, limited_body, request, Handle, Override, Simulator};
-use tokio::sync::Notify;
+use support::{client, gaps, limited_body, request, Handle, Net, Override, Simulator};
 use tokio::time::Instant;
 use tower::retry::Retry;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -45,155 +41,15 @@ fn secs(n: f64) -> Duration {
     Duration::from_secs_f64(n)
 }
 
-// ---------------------------------------------------------------------------
-// Harness: a hyper client whose round trips take no virtual time.
-// ---------------------------------------------------------------------------
-
-/// Counts requests on the wire and wakes the clock holder.
-#[derive(Clone, Default)]
-struct Wire {
-    on_wire: Arc<AtomicUsize>,
-    wake: Arc<Notify>,
-}
-
-/// One request on the wire, until its response body ends or is dropped.
-struct OnWire(Wire);
-
-impl OnWire {
-    fn new(wire: &Wire) -> Self {
-        wire.on_wire.fetch_add(1, Ordering::SeqCst);
-        wire.wake.notify_one();
-        OnWire(wire.clone())
-    }
-}
-
-impl Drop for OnWire {
-    fn drop(&mut self) {
-        self.0.on_wire.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Wire {
-    /// Spawns the task that keeps the runtime busy (so that the paused clock
-    /// does not auto-advance) while any request is on the wire.
-    fn hold_clock(&self) {
-        let wire = self.clone();
-        tokio::spawn(async move {
-            loop {
-                if wire.on_wire.load(Ordering::SeqCst) > 0 {
-                    tokio::task::yield_now().await;
-                } else {
-                    wire.wake.notified().await;
-                }
-            }
-        });
-    }
-}
-
-/// A response body that keeps its request on the wire until it ends.
-struct Tracked {
-    body: Incoming,
-    on_wire: Option<OnWire>,
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
-            this.on_wire = None;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-type NetFuture = Pin<
-    Box<dyn Future<Output = Result<Response<Tracked>, hyper_util::client::legacy::Error>> + Send>,
->;
-
-/// The transport under the limiter: a hyper client (`client()` for
-/// `Full<Bytes>` bodies), with the wire tracked and the instant of every
-/// attempt recorded.
-struct Net<B> {
-    client: Client<HttpConnector, B>,
-    wire: Wire,
-    attempts: Arc<Mutex<Vec<Instant>>>,
-}
-
-impl<B> Clone for Net<B> {
-    fn clone(&self) -> Self {
-        Net {
-            client: self.client.clone(),
-            wire: self.wire.clone(),
-            attempts: Arc::clone(&self.attempts),
-        }
-    }
-}
-
+// `Net` is the shared transport of tests/support; this test adds the stack
+// under test on top of it.
 impl<B> Net<B> {
-    fn new(client: Client<HttpConnector, B>) -> Self {
-        let wire = Wire::default();
-        wire.hold_clock();
-        Net {
-            client,
-            wire,
-            attempts: Arc::default(),
-        }
-    }
-
-    /// When each attempt reached the transport.
-    fn attempts(&self) -> Vec<Instant> {
-        self.attempts.lock().unwrap().clone()
-    }
-
     /// `RetryPolicy` outside a fresh `RateLimitLayer` over this transport.
     fn stack(&self, policy: RetryPolicy) -> Retry<RetryPolicy, RateLimit<Net<B>>> {
         ServiceBuilder::new()
             .retry(policy)
             .layer(RateLimitLayer::new())
             .service(self.clone())
-    }
-}
-
-impl<B> Service<Request<B>> for Net<B>
-where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<Tracked>;
-    type Error = hyper_util::client::legacy::Error;
-    type Future = NetFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> NetFuture {
-        self.attempts.lock().unwrap().push(Instant::now());
-        let on_wire = OnWire::new(&self.wire);
-        let response = self.client.request(req);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|body| Tracked {
-                body,
-                on_wire: Some(on_wire),
-            }))
-        })
     }
 }
 
@@ -266,10 +122,6 @@ where
 {
     let response = svc.clone().oneshot(req).await?;
     Ok(Seen::read(response).await)
-}
-
-fn gaps(times: &[Instant]) -> Vec<Duration> {
-    times.windows(2).map(|w| w[1] - w[0]).collect()
 }
 
 /// Asserts that the `n`th gap (from 0) is a back-off of 2^n + U[0, 1) s.

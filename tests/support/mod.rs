@@ -11,6 +11,11 @@
 //! All time comes from `tokio::time::Instant`, so tests can run with
 //! `#[tokio::test(start_paused = true)]`.
 //!
+//! For tests on the paused clock that talk real HTTP, it also has two ways
+//! to keep round trips from leaping to the next timer: [`Net`], a client
+//! whose round trips take no virtual time, and [`tick_clock`], which bounds
+//! each leap to [`TICK`].
+//!
 //! ```ignore
 //! let (sim, addr) = Simulator::new().start();
 //! let response = client()
@@ -20,11 +25,13 @@
 //! ```
 #![allow(dead_code)]
 
+mod clock;
 mod log;
 mod response;
 mod route;
 mod server;
 mod state;
+mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +43,8 @@ use tokio::time::Instant;
 
 // Not every test binary uses every re-export.
 #[allow(unused_imports)]
+pub use self::clock::{gaps, tick_clock, TICK};
+#[allow(unused_imports)]
 pub use self::log::{BucketKey, LoggedRequest, Scope, WindowCount};
 #[allow(unused_imports)]
 pub use self::response::{limited_body, Override, RATE_LIMITED_MESSAGE};
@@ -45,6 +54,8 @@ pub use self::route::{derived_hash, Route, INTERACTION_TOKEN_PREFIX};
 pub use self::server::{body_string, client, request, SimService};
 #[allow(unused_imports)]
 pub use self::state::{BucketConfig, GLOBAL_WINDOW};
+#[allow(unused_imports)]
+pub use self::wire::{Net, NetFuture, Tracked};
 
 use self::state::{Config, Inner, Shared};
 
@@ -57,6 +68,17 @@ pub const REACTION_ROUTE: &str =
     "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me";
 /// Bucket hash shared by `PUT` and `DELETE` own reaction (1 per 250 ms).
 pub const REACTION_HASH: &str = "e0d1a8b4aa7b2b2f5b3c0f6e9a1d5c77";
+
+/// Path of "create message" in `channel` (`/api/v10/channels/{channel}/messages`).
+pub fn messages(channel: u64) -> String {
+    format!("/api/v10/channels/{channel}/messages")
+}
+
+/// A simulator with Discord's defaults, except that the "create message"
+/// bucket allows `limit` per `window`.
+pub fn sim_with_messages(limit: u32, window: Duration) -> Simulator {
+    Simulator::new().bucket(Method::POST, MESSAGES_ROUTE, MESSAGES_HASH, limit, window)
+}
 
 /// Builder of a simulator instance.
 #[derive(Debug, Clone)]
