@@ -212,11 +212,11 @@ impl<B: Body> Read429<B> {
         Poll::Ready(())
     }
 
-    /// What the 429 said, and the response with the same body, the
-    /// [`RateLimitInfo`] attached.
+    /// What the 429 said, and the response with the same body (without the
+    /// [`RateLimitInfo`], to attach once recorded).
     pub(crate) fn finish(self) -> (Response<ResponseBody<B>>, RateLimitInfo) {
         let Self {
-            mut parts,
+            parts,
             mut info,
             body,
             buf,
@@ -224,7 +224,6 @@ impl<B: Body> Read429<B> {
             trailers,
         } = self;
         info.read_429_body(&parts.headers, &buf);
-        parts.extensions.insert(info.clone());
         let body = ResponseBody::replay(buf.freeze(), error, body, trailers);
         (Response::from_parts(parts, body), info)
     }

@@ -162,6 +162,13 @@ where
                     }
                     let mut ticket = ticket.take();
                     if let Some(t) = ticket.as_mut() {
+                        if t.is_closed() {
+                            // Closed while waiting for the inner service.
+                            state.set(State::Failed {
+                                error: Some(Error::Closed),
+                            });
+                            continue;
+                        }
                         t.mark_sent();
                     }
                     let fut = service.call(req.take().expect("checked above"));
@@ -200,10 +207,14 @@ where
                         continue;
                     };
                     ready!(r.poll_read(cx));
-                    let (response, info) = read.take().expect("checked above").finish();
+                    let (mut response, mut info) = read.take().expect("checked above").finish();
                     if let Some(t) = ticket.take() {
-                        t.record(response.status(), &info);
+                        let held = t.record(response.status(), &info);
+                        if let Some(rejected) = info.too_many_requests.as_mut() {
+                            rejected.held = held;
+                        }
                     }
+                    response.extensions_mut().insert(info);
                     state.set(State::Done);
                     return Poll::Ready(Ok(response));
                 }

@@ -107,15 +107,22 @@ pub struct TooManyRequests {
     /// Whether the limit hit was the global one (body `global` or
     /// `X-RateLimit-Global`).
     pub global: bool,
-    /// How long the limiter holds the bucket (or the global throttle): the
-    /// largest of the body's `retry_after`, `Retry-After` and
-    /// `X-RateLimit-Reset-After`. `None` when the body had no `retry_after`.
+    /// How long the limiter holds the bucket: the largest of the body's
+    /// `retry_after`, `Retry-After` and `X-RateLimit-Reset-After`; for a
+    /// global 429, how long it holds the token: the body's `retry_after`.
+    /// `None` when the body had no `retry_after`.
     pub retry_after: Option<Duration>,
     /// The body's `code`, when present.
     pub code: Option<i64>,
     /// The body was not JSON: most likely a Cloudflare page, which means the
     /// IP is being limited or banned. Never retry such a response in a loop.
     pub cloudflare: bool,
+    /// The limiter holds this request's bucket (or, for a global 429, every
+    /// bucket of the token, this route's included) for `retry_after`: an
+    /// attempt through it waits by itself. `false` for routes no limit
+    /// applies to, and for a global 429 on a route exempt from the global
+    /// limit.
+    pub held: bool,
 }
 
 impl TooManyRequests {
@@ -209,11 +216,18 @@ impl RateLimitInfo {
                     .and_then(|s| to_duration(s, "retry_after"));
                 out.global |= map.get("global").and_then(serde_json::Value::as_bool) == Some(true);
                 out.code = map.get("code").and_then(serde_json::Value::as_i64);
+                // A bucket waits the largest of what the server said; the
+                // global throttle the body's `retry_after` (`Retry-After`
+                // is that rounded up to whole seconds).
                 out.retry_after = body_retry.map(|b| {
-                    [self.retry_after, self.reset_after]
-                        .into_iter()
-                        .flatten()
-                        .fold(b, Duration::max)
+                    if out.global {
+                        b
+                    } else {
+                        [self.retry_after, self.reset_after]
+                            .into_iter()
+                            .flatten()
+                            .fold(b, Duration::max)
+                    }
                 });
             }
             _ => out.cloudflare = true,

@@ -87,8 +87,11 @@
 //! # Features
 //!
 //! - `retry` (default): [`retry::RetryPolicy`].
-//! - `reqwest-middleware`: [`reqwest::RateLimitMiddleware`] for
-//!   `reqwest_middleware` clients, sharing a [`Limiter`] with tower layers.
+//! - `reqwest`: [`retry::CloneBody`] for `reqwest::Body`, to retry plain
+//!   `reqwest::Client` requests sent through the layer.
+//! - `reqwest-middleware` (implies `reqwest` and `retry`):
+//!   [`reqwest::RateLimitMiddleware`] for `reqwest_middleware` clients,
+//!   sharing a [`Limiter`] with tower layers.
 //!
 //! # Errors
 //!

@@ -36,7 +36,6 @@ use http::{Extensions, Uri};
 
 use crate::body::Read429;
 use crate::limiter::Start;
-use crate::retry::CloneBody;
 use crate::route::{CompiledRoute, Limits};
 use crate::{Limiter, RateLimitInfo};
 
@@ -104,21 +103,17 @@ impl Middleware for RateLimitMiddleware {
         let url = response.url().clone();
         let mut read = Read429::new(http::Response::<::reqwest::Body>::from(response), info);
         std::future::poll_fn(|cx| read.poll_read(cx)).await;
-        let (response, info) = read.finish();
-        ticket.record(status, &info);
+        let (response, mut info) = read.finish();
+        let held = ticket.record(status, &info);
+        if let Some(rejected) = info.too_many_requests.as_mut() {
+            rejected.held = held;
+        }
         let (mut parts, body) = response.into_parts();
+        parts.extensions.insert(info);
         if let Ok(with_url) = http::Response::builder().url(url).body(()) {
             parts.extensions.extend(with_url.into_parts().0.extensions);
         }
         let body = ::reqwest::Body::wrap(body);
         Ok(Response::from(http::Response::from_parts(parts, body)))
-    }
-}
-
-impl CloneBody for ::reqwest::Body {
-    /// A copy of a body held in memory; `None` for a stream.
-    fn clone_body(&self) -> Option<Self> {
-        self.as_bytes()
-            .map(|b| ::reqwest::Body::from(bytes::Bytes::copy_from_slice(b)))
     }
 }

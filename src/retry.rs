@@ -48,7 +48,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(16);
 /// Retries what is worth retrying, a bounded number of times:
 ///
 /// - a 429 whose body had a `retry_after` (as marked by the layer in
-///   [`RateLimitInfo`]), at once: the limiter makes the next attempt wait;
+///   [`RateLimitInfo`]), at once when the limiter holds the bucket or token
+///   for it (the next attempt waits there), after the `retry_after` when it
+///   does not (routes no limit applies to);
 /// - 500, 502, 503 and 504, and connection errors (an I/O error of a
 ///   refused, reset or aborted connection anywhere in the error's source
 ///   chain), after an exponential back-off with jitter, 2^n + U\[0, 1) s,
@@ -138,16 +140,22 @@ where
     ) -> Option<Self::Future> {
         match result {
             Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
-                let retryable = response
+                let rejected = response
                     .extensions()
                     .get::<RateLimitInfo>()
                     .and_then(|i| i.too_many_requests.as_ref())
-                    .is_some_and(|t| t.is_retryable());
-                if !retryable || self.rate_limit_retries >= self.max_rate_limit_retries {
+                    .filter(|t| t.is_retryable())?;
+                if self.rate_limit_retries >= self.max_rate_limit_retries {
                     return None;
                 }
                 self.rate_limit_retries += 1;
-                Some(Backoff::now())
+                match (rejected.held, rejected.retry_after) {
+                    // The limiter makes the next attempt wait.
+                    (true, _) | (false, None) => Some(Backoff::now()),
+                    // Nothing holds this route (no limit applies to it):
+                    // wait here.
+                    (false, Some(wait)) => Some(Backoff::sleep(wait)),
+                }
             }
             Ok(response) => match response.status().as_u16() {
                 500 | 502 | 503 | 504 => self.after_error(),
@@ -194,8 +202,8 @@ fn is_connection_error(error: &(dyn std::error::Error + 'static)) -> bool {
 ///
 /// Implemented for bodies held whole in memory: `Full<Bytes>`,
 /// `Empty<Bytes>`, `String`, `Vec<u8>`, `Bytes`, `&'static str` and `()`
-/// (and, with the `reqwest-middleware` feature, `reqwest::Body` when it is
-/// not a stream). A streaming body returns `None`, and its request is not retried.
+/// (and, with the `reqwest` feature, `reqwest::Body` when it is not a
+/// stream). A streaming body returns `None`, and its request is not retried.
 pub trait CloneBody: Sized {
     /// A copy of the body, if it can be sent again.
     fn clone_body(&self) -> Option<Self>;
@@ -220,6 +228,15 @@ clone_body!(
     &'static str,
     ()
 );
+
+#[cfg(feature = "reqwest")]
+impl CloneBody for ::reqwest::Body {
+    /// A copy of a body held in memory; `None` for a stream.
+    fn clone_body(&self) -> Option<Self> {
+        self.as_bytes()
+            .map(|b| ::reqwest::Body::from(Bytes::copy_from_slice(b)))
+    }
+}
 
 pin_project! {
     /// The wait before a retry: none after a 429 (the limiter waits), a

@@ -90,10 +90,13 @@ where
             None => self.limiter.resolver().resolve(req.method(), req.uri()),
         };
         let svc = self.inner.clone();
-        if route.limits() == Limits::None {
-            return ResponseFuture::ready(svc, req, None);
-        }
         let auth = self.limiter.auth_hash(req.headers().get(AUTHORIZATION));
+        if route.limits() == Limits::None {
+            return match self.limiter.pass(auth) {
+                Ok(ticket) => ResponseFuture::ready(svc, req, Some(ticket)),
+                Err(error) => ResponseFuture::failed(error),
+            };
+        }
         match self.limiter.start(route, auth) {
             Ok(Start::Go(ticket)) => ResponseFuture::ready(svc, req, Some(ticket)),
             Ok(Start::Wait(wait)) => ResponseFuture::waiting(wait, svc, req),

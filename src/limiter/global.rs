@@ -68,6 +68,8 @@ impl GlobalLimit {
         if self.effective < self.configured {
             let secs = now.saturating_duration_since(self.lowered_at).as_secs();
             if secs > 0 {
+                // One a second: a limit found too high costs invalid
+                // requests, one found too low only some speed.
                 let raised = u64::from(self.effective) + secs;
                 self.effective = raised.min(u64::from(self.configured)) as u32;
                 self.lowered_at += Duration::from_secs(secs);
@@ -316,7 +318,7 @@ mod tests {
         assert_eq!(a.limit.as_ref().unwrap().effective(), 29);
         let l = a.limit.as_mut().unwrap();
         l.check(t0 + Duration::from_secs(5));
-        assert_eq!(l.effective(), 34);
+        assert_eq!(l.effective(), 34, "one a second");
         l.check(t0 + Duration::from_secs(100));
         assert_eq!(l.effective(), 50);
     }

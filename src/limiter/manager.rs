@@ -121,6 +121,8 @@ pub(crate) struct Grant {
     generation: u32,
     /// Holds a slot of the proactive global limit.
     global: bool,
+    /// Whether the global throttle holds this route.
+    throttled_by_global: bool,
 }
 
 /// The store's answer to a request for a slot.
@@ -252,12 +254,7 @@ impl Manager {
         let state = auths
             .entry(auth)
             .or_insert_with(|| AuthState::new(config.global_per_second, now));
-        if let Some(ceiling) = config.invalid_ceiling {
-            let count = state.invalid.count(now);
-            if count >= ceiling {
-                return Err(Error::InvalidRequestLimit { count, ceiling });
-            }
-        }
+        check_ceiling(state, config, now)?;
         let throttled = if global { state.throttled(now) } else { None };
 
         let key = key_for(routes, buckets, route, auth, now);
@@ -310,7 +307,68 @@ impl Manager {
             route: route.route().clone(),
             generation,
             global: holds_global,
+            throttled_by_global: global,
         }))
+    }
+
+    /// For a request no limit applies to: fails once the token reached the
+    /// invalid-request ceiling.
+    pub(crate) fn check_ceiling(
+        &mut self,
+        auth: AuthHash,
+        config: &Config,
+        now: Instant,
+    ) -> Result<(), Error> {
+        match self.auths.get_mut(&auth) {
+            Some(state) => check_ceiling(state, config, now),
+            None => Ok(()),
+        }
+    }
+
+    /// What an answer says of the token as a whole: invalid requests, and a
+    /// global 429's throttle. Returns how long a 429 holds.
+    fn observe_token(
+        &mut self,
+        auth: AuthHash,
+        status: StatusCode,
+        info: &RateLimitInfo,
+        config: &Config,
+        now: Instant,
+    ) -> Option<Duration> {
+        let rejected = info.too_many_requests.as_ref();
+        let invalid = is_invalid_status(status) || rejected.is_some_and(|t| t.is_invalid());
+        let hold = rejected.and_then(|t| {
+            let reset_after = if t.global { None } else { info.reset_after };
+            t.retry_after
+                .or_else(|| [info.retry_after, reset_after].into_iter().flatten().max())
+        });
+        if invalid || rejected.is_some_and(|t| t.global) {
+            let state = self.auth(auth, config, now);
+            if invalid {
+                state.invalid.add(now);
+            }
+            if let (Some(t), Some(hold)) = (rejected, hold) {
+                if t.global {
+                    tracing::debug!(?auth, ?hold, "global 429: throttling every bucket");
+                    state.throttle(now + hold, now);
+                }
+            }
+        }
+        hold
+    }
+
+    /// Learns from the answer to a request no limit applied to (no grant):
+    /// it still counts as an invalid request, and a global 429 still holds
+    /// the token.
+    pub(crate) fn record_ungranted(
+        &mut self,
+        auth: AuthHash,
+        status: StatusCode,
+        info: &RateLimitInfo,
+        config: &Config,
+        now: Instant,
+    ) {
+        self.observe_token(auth, status, info, config, now);
     }
 
     /// A granted request ended without an answer; `sent` tells whether it
@@ -343,6 +401,10 @@ impl Manager {
     }
 
     /// Learns from the answer to a granted request.
+    ///
+    /// Returns whether a 429 is now held (its bucket blocked, or the token
+    /// throttled and this route under the throttle) for its wait, so that
+    /// a retry through the limiter waits by itself.
     pub(crate) fn record(
         &mut self,
         grant: Grant,
@@ -350,36 +412,23 @@ impl Manager {
         info: &RateLimitInfo,
         config: &Config,
         now: Instant,
-    ) {
+    ) -> bool {
         let Grant {
             key,
             route,
             generation,
             global,
+            throttled_by_global,
         } = grant;
         if global {
             self.free_global(key.auth, true, now);
         }
         let rejected = info.too_many_requests.as_ref();
-        let auth = key.auth;
-        let invalid = is_invalid_status(status) || rejected.is_some_and(|t| t.is_invalid());
-        let hold = rejected.and_then(|t| {
-            let reset_after = if t.global { None } else { info.reset_after };
-            t.retry_after
-                .or_else(|| [info.retry_after, reset_after].into_iter().flatten().max())
-        });
-        if invalid || rejected.is_some_and(|t| t.global) {
-            let state = self.auth(auth, config, now);
-            if invalid {
-                state.invalid.add(now);
-            }
-            if let (Some(t), Some(hold)) = (rejected, hold) {
-                if t.global {
-                    tracing::debug!(?auth, ?hold, "global 429: throttling every bucket");
-                    state.throttle(now + hold, now);
-                }
-            }
-        }
+        let hold = self.observe_token(key.auth, status, info, config, now);
+        let held = match (rejected, hold) {
+            (Some(t), Some(_)) => !t.global || throttled_by_global,
+            _ => false,
+        };
         if let Some(t) = rejected {
             tracing::debug!(%route, ?hold, scope = ?t.scope, global = t.global, cloudflare = t.cloudflare, "429");
         }
@@ -418,7 +467,7 @@ impl Manager {
         let entry = match target {
             None => match own {
                 Some(entry) => entry,
-                None => return,
+                None => return held,
             },
             Some(target) => match self.buckets.entry(target) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -453,6 +502,7 @@ impl Manager {
                 self.buckets.remove(&key);
             }
         }
+        held
     }
 
     /// Drops stale buckets, routes whose bucket is gone, and idle
@@ -514,6 +564,16 @@ impl Manager {
             }
         }
     }
+}
+
+fn check_ceiling(state: &mut AuthState, config: &Config, now: Instant) -> Result<(), Error> {
+    if let Some(ceiling) = config.invalid_ceiling {
+        let count = state.invalid.count(now);
+        if count >= ceiling {
+            return Err(Error::InvalidRequestLimit { count, ceiling });
+        }
+    }
+    Ok(())
 }
 
 /// The key a request of `route` waits and takes its slot under.

@@ -283,6 +283,25 @@ impl Limiter {
         }
     }
 
+    /// A pass for a request no limit applies to: it fails only when the
+    /// limiter is closed or the token reached the invalid-request ceiling,
+    /// and its answer is still counted.
+    pub(crate) fn pass(&self, auth: AuthHash) -> Result<Ticket, Error> {
+        let shared = &self.shared;
+        if shared.is_closed() {
+            return Err(Error::Closed);
+        }
+        shared
+            .lock()
+            .check_ceiling(auth, &shared.config, Instant::now())?;
+        Ok(Ticket {
+            shared: Arc::clone(shared),
+            grant: None,
+            auth,
+            sent: false,
+        })
+    }
+
     fn ensure_sweeper(&self) {
         let shared = &self.shared;
         if shared.sweeper.load(Ordering::Relaxed) || shared.sweeper.swap(true, Ordering::AcqRel) {
@@ -459,11 +478,13 @@ async fn wait_turn(
     }
 }
 
-/// A granted slot. Dropped without [`record`](Self::record), it goes back:
-/// whole if the request was never sent, as "no longer in flight" if it was.
+/// A granted slot (or, for a route no limit applies to, a pass). Dropped
+/// without [`record`](Self::record), it goes back: whole if the request was
+/// never sent, as "no longer in flight" if it was.
 pub(crate) struct Ticket {
     shared: Arc<Shared>,
     grant: Option<Grant>,
+    auth: AuthHash,
     sent: bool,
 }
 
@@ -480,9 +501,16 @@ impl Ticket {
     fn new(shared: &Arc<Shared>, grant: Grant) -> Self {
         Self {
             shared: Arc::clone(shared),
+            auth: grant.key.auth,
             grant: Some(grant),
             sent: false,
         }
+    }
+
+    /// Whether the limiter was closed since: a request not yet sent is then
+    /// not sent.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.is_closed()
     }
 
     /// The request is about to reach the inner service.
@@ -490,13 +518,23 @@ impl Ticket {
         self.sent = true;
     }
 
-    /// Learns from the response to the request.
-    pub(crate) fn record(mut self, status: StatusCode, info: &RateLimitInfo) {
-        if let Some(grant) = self.grant.take() {
-            let shared = &self.shared;
-            shared
+    /// Learns from the response to the request; returns whether a 429 is
+    /// held by the limiter for its wait (see [`TooManyRequests::held`]).
+    ///
+    /// [`TooManyRequests::held`]: crate::TooManyRequests::held
+    pub(crate) fn record(mut self, status: StatusCode, info: &RateLimitInfo) -> bool {
+        let shared = &self.shared;
+        let now = Instant::now();
+        match self.grant.take() {
+            Some(grant) => shared
                 .lock()
-                .record(grant, status, info, &shared.config, Instant::now());
+                .record(grant, status, info, &shared.config, now),
+            None => {
+                shared
+                    .lock()
+                    .record_ungranted(self.auth, status, info, &shared.config, now);
+                false
+            }
         }
     }
 }
