@@ -1,18 +1,16 @@
 //! The in-memory store: every bucket and authentication of one limiter,
 //! deciding and updating under one lock, never sleeping.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use tokio::sync::{Mutex as AsyncMutex, Notify};
 use tokio::time::Instant;
 
 use super::bucket::Bucket;
 use super::global::{AuthState, GlobalQueue};
+use super::hash::{FastSet, Map};
+use super::wait::{Queue, Waiter};
 use super::{AuthHash, Config};
 use crate::error::Error;
 use crate::headers::{is_invalid_status, RateLimitInfo};
@@ -31,47 +29,6 @@ pub(crate) struct BucketKey {
     pub(crate) id: BucketId,
     pub(crate) major: Major,
     pub(crate) auth: AuthHash,
-}
-
-/// The FIFO of requests waiting on one bucket: the head holds `turn` and is
-/// the only one that asks the store.
-#[derive(Debug, Default)]
-pub(crate) struct Queue {
-    pub(crate) turn: AsyncMutex<()>,
-    pub(crate) notify: Notify,
-    waiters: AtomicUsize,
-}
-
-impl Queue {
-    /// Wakes the head, if anyone waits.
-    fn wake(&self) {
-        if self.waiters.load(Ordering::Relaxed) > 0 {
-            self.notify.notify_waiters();
-        }
-    }
-}
-
-/// One waiting request's place; counts as a waiter until dropped.
-#[derive(Debug)]
-pub(crate) struct Waiter {
-    pub(crate) queue: Arc<Queue>,
-    pub(crate) key: BucketKey,
-}
-
-impl Waiter {
-    pub(crate) fn new(queue: &Arc<Queue>, key: BucketKey) -> Self {
-        queue.waiters.fetch_add(1, Ordering::Relaxed);
-        Self {
-            queue: Arc::clone(queue),
-            key,
-        }
-    }
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        self.queue.waiters.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 #[derive(Debug)]
@@ -94,9 +51,7 @@ impl Entry {
     }
 
     fn waiters(&self) -> usize {
-        self.queue
-            .as_ref()
-            .map_or(0, |q| q.waiters.load(Ordering::Relaxed))
+        self.queue.as_ref().map_or(0, |q| q.waiters())
     }
 
     fn wake(&self) {
@@ -109,7 +64,7 @@ impl Entry {
     fn in_use(&self) -> bool {
         self.queue
             .as_ref()
-            .is_some_and(|q| Arc::strong_count(q) > 1 || q.waiters.load(Ordering::Relaxed) > 0)
+            .is_some_and(|q| Arc::strong_count(q) > 1 || q.waiters() > 0)
     }
 }
 
@@ -154,68 +109,6 @@ pub(crate) struct Counts {
     pub(crate) in_flight: usize,
     pub(crate) invalid: Vec<(AuthHash, u32)>,
     pub(crate) throttled: usize,
-}
-
-/// A map hashed with [`FastHash`].
-type Map<K, V> = HashMap<K, V, BuildHasherDefault<FastHash>>;
-
-/// A set hashed with [`FastHash`].
-pub(crate) type FastSet<T> = HashSet<T, BuildHasherDefault<FastHash>>;
-
-/// A multiply-rotate hash (as rustc's FxHash): several times faster than
-/// SipHash on these short keys. The keys come from the caller's own routes
-/// and the server's bucket hashes, not from an adversary.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct FastHash(u64);
-
-impl FastHash {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for FastHash {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word) ^ (rest.len() as u64) << 56);
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, n: u8) {
-        self.add(u64::from(n));
-    }
-
-    #[inline]
-    fn write_u32(&mut self, n: u32) {
-        self.add(u64::from(n));
-    }
-
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-
-    #[inline]
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 #[derive(Debug, Default)]

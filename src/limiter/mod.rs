@@ -15,22 +15,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use http::{HeaderValue, StatusCode};
-use tokio::sync::{Notify, OwnedMutexGuard};
+use http::HeaderValue;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::headers::RateLimitInfo;
 use crate::layer::Builder;
 use crate::route::{CompiledRoute, RouteResolver};
 
 mod bucket;
 mod global;
+mod hash;
 mod manager;
+mod ticket;
+mod wait;
 
-use global::{GlobalQueue, GlobalWaiter};
-pub(crate) use manager::FastSet;
-use manager::{Acquire, Grant, Manager, Waiter};
+pub(crate) use hash::FastSet;
+use manager::{Acquire, Manager};
+pub(crate) use ticket::Ticket;
+use wait::{wait_turn, Waiter};
 
 /// A hash of an `Authorization` header value: what the limiter keys
 /// authentications by. The raw token is never stored.
@@ -294,12 +297,7 @@ impl Limiter {
         shared
             .lock()
             .check_ceiling(auth, &shared.config, Instant::now())?;
-        Ok(Ticket {
-            shared: Arc::clone(shared),
-            grant: None,
-            auth,
-            sent: false,
-        })
+        Ok(Ticket::pass(shared, auth))
     }
 
     fn ensure_sweeper(&self) {
@@ -365,184 +363,6 @@ impl fmt::Debug for Start {
         match self {
             Start::Go(t) => f.debug_tuple("Go").field(t).finish(),
             Start::Wait(_) => f.write_str("Wait"),
-        }
-    }
-}
-
-/// Waits at a bucket's queue until its turn and a slot come.
-async fn wait_turn(
-    shared: Arc<Shared>,
-    route: CompiledRoute,
-    auth: AuthHash,
-    mut waiter: Waiter,
-) -> Result<Ticket, Error> {
-    let closed = shared.close.notified();
-    tokio::pin!(closed);
-    closed.as_mut().enable();
-    let work = async {
-        // The global limit's queue once a wait showed it, and our turn in
-        // it while the global limit alone holds us. Taken only while holding
-        // a bucket's turn, and let go before queueing at another bucket, so
-        // the two never wait on each other.
-        let mut global_queue: Option<Arc<GlobalQueue>> = None;
-        let mut global_turn: Option<(OwnedMutexGuard<()>, GlobalWaiter)> = None;
-        loop {
-            let queue = Arc::clone(&waiter.queue);
-            let _turn = queue.turn.lock().await;
-            loop {
-                // Listen before asking, so that no wake-up is lost between.
-                let notified = queue.notify.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                let listening = global_turn.as_ref().and(global_queue.clone());
-                let freed = listening.as_deref().map(|q| q.freed.notified());
-                tokio::pin!(freed);
-                if let Some(f) = freed.as_mut().as_pin_mut() {
-                    f.enable();
-                }
-                if shared.is_closed() {
-                    return Err(Error::Closed);
-                }
-                let now = Instant::now();
-                let answer = shared.lock().acquire(
-                    &route,
-                    auth,
-                    Some(&waiter.key),
-                    global_turn.is_some(),
-                    &shared.config,
-                    now,
-                )?;
-                let (until, global, limit_queue) = match answer {
-                    Acquire::Granted(grant) => return Ok(Ticket::new(&shared, grant)),
-                    Acquire::Wait {
-                        queue,
-                        key,
-                        waiter: new,
-                        ..
-                    } if key != waiter.key => {
-                        // The route's bucket was learned or changed: queue there.
-                        global_turn = None;
-                        waiter = new.unwrap_or_else(|| Waiter::new(&queue, key));
-                        break;
-                    }
-                    Acquire::Wait {
-                        until,
-                        global,
-                        freed,
-                        ..
-                    } => (until, global, freed),
-                };
-                match limit_queue {
-                    // The global limit holds us: wait for our turn at it first.
-                    Some(limit_queue) if global_turn.is_none() => {
-                        let place = GlobalWaiter::new(&limit_queue);
-                        let guard = Arc::clone(&limit_queue.turn).lock_owned().await;
-                        global_turn = Some((guard, place));
-                        global_queue = Some(limit_queue);
-                        continue;
-                    }
-                    Some(_) => {}
-                    // Something else holds us: let the next one have the turn.
-                    None => global_turn = None,
-                }
-                if let Some(until) = until {
-                    shared.too_long(&route, until, global, now)?;
-                }
-                let sleep = async {
-                    match until {
-                        Some(until) => tokio::time::sleep_until(until).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                let freed = async {
-                    match freed.as_mut().as_pin_mut() {
-                        Some(f) => f.await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = sleep => {}
-                    _ = &mut notified => {}
-                    _ = freed => {}
-                }
-            }
-        }
-    };
-    if shared.is_closed() {
-        return Err(Error::Closed);
-    }
-    tokio::select! {
-        biased;
-        _ = &mut closed => Err(Error::Closed),
-        result = work => result,
-    }
-}
-
-/// A granted slot (or, for a route no limit applies to, a pass). Dropped
-/// without [`record`](Self::record), it goes back: whole if the request was
-/// never sent, as "no longer in flight" if it was.
-pub(crate) struct Ticket {
-    shared: Arc<Shared>,
-    grant: Option<Grant>,
-    auth: AuthHash,
-    sent: bool,
-}
-
-impl fmt::Debug for Ticket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ticket")
-            .field("grant", &self.grant)
-            .field("sent", &self.sent)
-            .finish()
-    }
-}
-
-impl Ticket {
-    fn new(shared: &Arc<Shared>, grant: Grant) -> Self {
-        Self {
-            shared: Arc::clone(shared),
-            auth: grant.key.auth,
-            grant: Some(grant),
-            sent: false,
-        }
-    }
-
-    /// Whether the limiter was closed since: a request not yet sent is then
-    /// not sent.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.shared.is_closed()
-    }
-
-    /// The request is about to reach the inner service.
-    pub(crate) fn mark_sent(&mut self) {
-        self.sent = true;
-    }
-
-    /// Learns from the response to the request; returns whether a 429 is
-    /// held by the limiter for its wait (see [`TooManyRequests::held`]).
-    ///
-    /// [`TooManyRequests::held`]: crate::TooManyRequests::held
-    pub(crate) fn record(mut self, status: StatusCode, info: &RateLimitInfo) -> bool {
-        let shared = &self.shared;
-        let now = Instant::now();
-        match self.grant.take() {
-            Some(grant) => shared
-                .lock()
-                .record(grant, status, info, &shared.config, now),
-            None => {
-                shared
-                    .lock()
-                    .record_ungranted(self.auth, status, info, &shared.config, now);
-                false
-            }
-        }
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if let Some(grant) = self.grant.take() {
-            self.shared.lock().release(grant, self.sent, Instant::now());
         }
     }
 }
