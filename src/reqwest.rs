@@ -78,17 +78,24 @@ impl Middleware for RateLimitMiddleware {
                 self.limiter.resolver().resolve(req.method(), &uri)
             }
         };
-        if route.limits() == Limits::None {
-            return next.run(req, extensions).await;
-        }
         let auth = self.limiter.auth_hash(req.headers().get(AUTHORIZATION));
-        let mut ticket = match self.limiter.start(route, auth) {
+        let started = match route.limits() {
+            // No limit applies, but the answer still counts.
+            Limits::None => self.limiter.pass(auth).map(Start::Go),
+            _ => self.limiter.start(route, auth),
+        };
+        let mut ticket = match started {
             Ok(Start::Go(ticket)) => ticket,
             Ok(Start::Wait(wait)) => wait
                 .await
                 .map_err(::reqwest_middleware::Error::middleware)?,
             Err(error) => return Err(::reqwest_middleware::Error::middleware(error)),
         };
+        if ticket.is_closed() {
+            return Err(::reqwest_middleware::Error::middleware(
+                crate::Error::Closed,
+            ));
+        }
         ticket.mark_sent();
         // An error drops the ticket: the slot is no longer in flight.
         let mut response = next.run(req, extensions).await?;

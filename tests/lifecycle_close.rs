@@ -1,0 +1,115 @@
+//! `Limiter::close()` against a request that holds its slot but still waits
+//! for the inner service (DESIGN.md "Lifecycle": `close()`, and "The request
+//! path", step 3: readiness is polled after the wait).
+//!
+//! Real HTTP to the simulated Discord server with tokio's paused clock; the
+//! simulator's latency keeps one request in flight, and [`tick_clock`]
+//! bounds each leap of the clock, so that the round trips cost a few virtual
+//! milliseconds.
+
+mod support;
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use support::{client, messages, request, tick_clock, Simulator};
+use tokio::task::JoinHandle;
+use tower::limit::ConcurrencyLimit;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_rest_ratelimit::{BoxError, Error, RateLimit, RateLimitLayer};
+
+const TOKEN: &str = "a";
+/// Virtual time after which a test calls a request hung.
+const HANG: Duration = Duration::from_secs(600);
+
+/// Awaits `fut`, failing the test if it takes longer than [`HANG`] of virtual
+/// time.
+async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(HANG, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what}: still pending after {HANG:?} of virtual time"),
+    }
+}
+
+/// Yields (the clock advances only by [`tick_clock`]'s small steps) until
+/// `cond` holds.
+async fn settle(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1_000_000 {
+        if cond() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{what}: not reached");
+}
+
+/// The layer over one permit of the transport.
+type Svc = RateLimit<ConcurrencyLimit<Client<HttpConnector, Full<Bytes>>>>;
+
+/// Sends on a task of its own; the status, or the service's error.
+fn spawn_send(svc: &Svc, req: Request<Full<Bytes>>) -> JoinHandle<Result<u16, BoxError>> {
+    let svc = svc.clone();
+    tokio::spawn(async move {
+        let response = svc.oneshot(req).await?;
+        let status = response.status().as_u16();
+        response.into_body().collect().await?;
+        Ok(status)
+    })
+}
+
+/// DESIGN "Lifecycle: close()": a request granted its slot but still waiting for the inner service's readiness is not sent after `close()`; it fails with `Error::Closed`.
+#[tokio::test(start_paused = true)]
+async fn request_waiting_for_inner_readiness_is_not_sent_after_close() {
+    let _tick = tick_clock();
+    let latency = Duration::from_secs(2);
+    let (sim, addr) = Simulator::new().latency(latency).start();
+    let base = addr.to_string();
+    let layer = RateLimitLayer::new();
+    let limiter = layer.limiter().clone();
+    // One request at a time reaches the transport.
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(ConcurrencyLimit::new(client(), 1));
+
+    // The first request takes the one permit and stays at the server.
+    let first = spawn_send(&svc, request(Method::POST, &base, &messages(1), TOKEN));
+    settle("the first request at the server", || sim.in_flight() == 1).await;
+
+    // The second, on another channel, is granted its slot at once, then
+    // waits for the permit.
+    let second = spawn_send(&svc, request(Method::POST, &base, &messages(2), TOKEN));
+    settle("the second request granted", || {
+        limiter.stats().in_flight == 2
+    })
+    .await;
+    assert_eq!(limiter.stats().waiters, 0, "it waits on no bucket");
+    assert!(!second.is_finished());
+
+    limiter.close();
+
+    // The first was sent before the close: it completes. The permit it frees
+    // wakes the second, which must not go out now.
+    assert_eq!(within("first", first).await.unwrap().unwrap(), 200);
+    let err = within("second", second)
+        .await
+        .unwrap()
+        .expect_err("the second request was sent after close()");
+    assert!(
+        matches!(err.downcast_ref::<Error>(), Some(Error::Closed)),
+        "expected Error::Closed, got {err}"
+    );
+
+    // Give a stray request every chance to arrive.
+    tokio::time::sleep(latency * 2).await;
+    let log = sim.requests();
+    assert_eq!(log.len(), 1, "the server saw {log:#?}");
+    assert!(log[0].path.contains("/channels/1/"), "{:?}", log[0].path);
+    assert_eq!(sim.in_flight(), 0);
+    let stats = limiter.stats();
+    assert_eq!((stats.in_flight, stats.waiters), (0, 0), "{stats:?}");
+}
