@@ -13,7 +13,8 @@ use tower_service::Service;
 use crate::body::Read429;
 use crate::error::Error;
 use crate::headers::RateLimitInfo;
-use crate::limiter::Ticket;
+use crate::limiter::{AuthHash, Limiter, Start, Ticket};
+use crate::route::{CompiledRoute, Limits};
 use crate::{BoxError, ResponseBody};
 
 type Wait = Pin<Box<dyn Future<Output = Result<Ticket, Error>> + Send>>;
@@ -41,6 +42,15 @@ pin_project! {
         S: Service<Request<ReqBody>>,
         ResBody: Body,
     {
+        // Asks for a slot at the first poll: a future never polled holds
+        // none.
+        Start {
+            limiter: Limiter,
+            route: Option<CompiledRoute>,
+            auth: AuthHash,
+            svc: Option<S>,
+            req: Option<Request<ReqBody>>,
+        },
         Failed {
             error: Option<Error>,
         },
@@ -74,6 +84,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
+            State::Start { .. } => "Start",
             State::Failed { .. } => "Failed",
             State::Waiting { .. } => "Waiting",
             State::Ready { .. } => "Ready",
@@ -92,29 +103,21 @@ where
     S: Service<Request<ReqBody>>,
     ResBody: Body,
 {
-    pub(crate) fn ready(svc: S, req: Request<ReqBody>, ticket: Option<Ticket>) -> Self {
+    pub(crate) fn start(
+        limiter: Limiter,
+        route: CompiledRoute,
+        auth: AuthHash,
+        svc: S,
+        req: Request<ReqBody>,
+    ) -> Self {
         Self {
-            state: State::Ready {
-                svc: Some(svc),
-                req: Some(req),
-                ticket,
-            },
-        }
-    }
-
-    pub(crate) fn waiting(wait: Wait, svc: S, req: Request<ReqBody>) -> Self {
-        Self {
-            state: State::Waiting {
-                wait,
+            state: State::Start {
+                limiter,
+                route: Some(route),
+                auth,
                 svc: Some(svc),
                 req: Some(req),
             },
-        }
-    }
-
-    pub(crate) fn failed(error: Error) -> Self {
-        Self {
-            state: State::Failed { error: Some(error) },
         }
     }
 }
@@ -131,6 +134,33 @@ where
         let mut state = self.project().state;
         loop {
             match state.as_mut().project() {
+                StateProj::Start {
+                    limiter,
+                    route,
+                    auth,
+                    svc,
+                    req,
+                } => {
+                    let Some(route) = route.take() else {
+                        state.set(State::Failed { error: None });
+                        continue;
+                    };
+                    let started = match route.limits() {
+                        // No limit applies, but the answer still counts.
+                        Limits::None => limiter.pass(*auth).map(Start::Go),
+                        _ => limiter.start(route, *auth),
+                    };
+                    let (svc, req) = (svc.take(), req.take());
+                    match started {
+                        Ok(Start::Go(ticket)) => state.set(State::Ready {
+                            svc,
+                            req,
+                            ticket: Some(ticket),
+                        }),
+                        Ok(Start::Wait(wait)) => state.set(State::Waiting { wait, svc, req }),
+                        Err(error) => state.set(State::Failed { error: Some(error) }),
+                    }
+                }
                 StateProj::Failed { error } => {
                     let error = error.take();
                     state.set(State::Done);

@@ -67,6 +67,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(16);
 pub struct RetryPolicy {
     max_retries: u32,
     max_rate_limit_retries: u32,
+    max_rate_limit: Duration,
     retries: u32,
     rate_limit_retries: u32,
 }
@@ -83,6 +84,7 @@ impl RetryPolicy {
         Self {
             max_retries: 3,
             max_rate_limit_retries: 5,
+            max_rate_limit: Duration::from_secs(300),
             retries: 0,
             rate_limit_retries: 0,
         }
@@ -98,6 +100,14 @@ impl RetryPolicy {
     /// How many times a request is retried after 429s.
     pub fn max_rate_limit_retries(mut self, max: u32) -> Self {
         self.max_rate_limit_retries = max;
+        self
+    }
+
+    /// The longest `retry_after` the policy waits out itself, for a 429 the
+    /// limiter does not hold (routes no limit applies to); a longer one is
+    /// not retried. Default 300 s, as the layer's own `max_rate_limit`.
+    pub fn max_rate_limit(mut self, max: Duration) -> Self {
+        self.max_rate_limit = max;
         self
     }
 
@@ -153,8 +163,11 @@ where
                     // The limiter makes the next attempt wait.
                     (true, _) | (false, None) => Some(Backoff::now()),
                     // Nothing holds this route (no limit applies to it):
-                    // wait here.
-                    (false, Some(wait)) => Some(Backoff::sleep(wait)),
+                    // wait here, if not too long.
+                    (false, Some(wait)) if wait <= self.max_rate_limit => {
+                        Some(Backoff::sleep(wait))
+                    }
+                    (false, Some(_)) => None,
                 }
             }
             Ok(response) => match response.status().as_u16() {

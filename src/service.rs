@@ -10,8 +10,8 @@ use tower_service::Service;
 use crate::error::Error;
 use crate::future::ResponseFuture;
 use crate::layer::RateLimitLayer;
-use crate::limiter::{Limiter, Start};
-use crate::route::{CompiledRoute, Limits};
+use crate::limiter::Limiter;
+use crate::route::CompiledRoute;
 use crate::{BoxError, ResponseBody};
 
 /// Waits, before sending, until the request's bucket and the global limit
@@ -89,18 +89,8 @@ where
             Some(route) => route.clone(),
             None => self.limiter.resolver().resolve(req.method(), req.uri()),
         };
-        let svc = self.inner.clone();
         let auth = self.limiter.auth_hash(req.headers().get(AUTHORIZATION));
-        if route.limits() == Limits::None {
-            return match self.limiter.pass(auth) {
-                Ok(ticket) => ResponseFuture::ready(svc, req, Some(ticket)),
-                Err(error) => ResponseFuture::failed(error),
-            };
-        }
-        match self.limiter.start(route, auth) {
-            Ok(Start::Go(ticket)) => ResponseFuture::ready(svc, req, Some(ticket)),
-            Ok(Start::Wait(wait)) => ResponseFuture::waiting(wait, svc, req),
-            Err(error) => ResponseFuture::failed(error),
-        }
+        let limiter = self.limiter.clone();
+        ResponseFuture::start(limiter, route, auth, self.inner.clone(), req)
     }
 }

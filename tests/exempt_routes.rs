@@ -327,3 +327,26 @@ async fn invalid_answers_on_an_interaction_callback_count_and_reach_the_ceiling(
     two_invalid_answers(&h, CALLBACK).await;
     ceiling_holds_every_route_of_the_token(&h).await;
 }
+
+/// DESIGN.md "The request path", step 2, for the policy: a `retry_after`
+/// longer than the policy's `max_rate_limit` (300 s by default) on a route
+/// no limit holds is not waited out: the 429 goes to the caller after one
+/// attempt.
+#[tokio::test(start_paused = true)]
+async fn retry_does_not_wait_out_a_retry_after_beyond_its_maximum() {
+    let h = Harness::start(RateLimitLayer::builder());
+    let svc = h.with_retry();
+    h.sim.push_override_for("/oauth2/token", user_429(3600));
+    let t0 = Instant::now();
+
+    let seen = send(&svc, h.request(OAUTH)).await.unwrap();
+
+    assert_eq!(seen.status, 429);
+    assert!(!seen.too_many_requests().held);
+    assert_eq!(h.net.attempts().len(), 1, "not retried");
+    assert!(
+        t0.elapsed() < secs(1.0),
+        "and not waited: {:?}",
+        t0.elapsed()
+    );
+}

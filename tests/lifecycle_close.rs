@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use support::{client, messages, request, tick_clock, Simulator};
 use tokio::task::JoinHandle;
 use tower::limit::ConcurrencyLimit;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rest_ratelimit::{BoxError, Error, RateLimit, RateLimitLayer};
 
 const TOKEN: &str = "a";
@@ -112,4 +112,29 @@ async fn request_waiting_for_inner_readiness_is_not_sent_after_close() {
     assert_eq!(sim.in_flight(), 0);
     let stats = limiter.stats();
     assert_eq!((stats.in_flight, stats.waiters), (0, 0), "{stats:?}");
+}
+
+/// DESIGN.md "A response future dropped at any point leaves no leaked slot
+/// and no deadlock": a future made by `call` but not polled yet holds no
+/// slot, so a later one on the same (unknown) bucket is not stuck behind it.
+#[tokio::test(start_paused = true)]
+async fn a_future_not_polled_yet_holds_no_slot() {
+    let (_sim, inner) = Simulator::new().service();
+    let layer = RateLimitLayer::new();
+    let limiter = layer.limiter().clone();
+    let mut svc = tower::Layer::layer(&layer, inner);
+    let request = || {
+        http::Request::post("http://discord.test/api/v10/channels/1/messages")
+            .header("authorization", "Bot a")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let first = svc.ready().await.unwrap().call(request());
+    let second = svc.ready().await.unwrap().call(request());
+    assert_eq!(limiter.stats().in_flight, 0, "nothing taken before a poll");
+    let t0 = tokio::time::Instant::now();
+    let response = second.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(t0.elapsed(), std::time::Duration::ZERO);
+    assert_eq!(first.await.unwrap().status(), 200);
 }

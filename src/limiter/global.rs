@@ -86,9 +86,16 @@ impl GlobalLimit {
         if held < limit {
             return None;
         }
-        // The ends free their slots in order; answers still to come free
-        // theirs only a second after they come.
-        Some((self.in_flight < self.effective).then(|| self.ends[held - limit] + SECOND))
+        // A lowered limit rises by one at the next whole second.
+        let creep = (self.effective < self.configured).then(|| self.lowered_at + SECOND);
+        if self.in_flight >= self.effective {
+            // Answers still to come free their slots only a second after
+            // they come: only an answer, or the creep, can let one go.
+            return Some(creep);
+        }
+        // The ends free their slots in order.
+        let freed = self.ends[held - limit] + SECOND;
+        Some(Some(creep.map_or(freed, |c| c.min(freed))))
     }
 
     pub(crate) fn take(&mut self) {
@@ -321,6 +328,21 @@ mod tests {
         assert_eq!(l.effective(), 34, "one a second");
         l.check(t0 + Duration::from_secs(100));
         assert_eq!(l.effective(), 50);
+    }
+
+    #[test]
+    fn a_lowered_limit_wakes_its_waiters_when_it_creeps_up() {
+        let t0 = Instant::now();
+        let mut g = GlobalLimit::new(5, t0);
+        for _ in 0..3 {
+            g.take(); // slow requests, still in flight
+        }
+        g.take();
+        g.finish(t0);
+        g.lower(t0); // that one was a global 429: the limit falls to 3
+        assert_eq!(g.effective(), 3);
+        assert_eq!(g.check(t0), Some(Some(t0 + SECOND)), "not until an answer");
+        assert_eq!(g.check(t0 + SECOND), None, "the limit rose to 4");
     }
 
     #[test]
