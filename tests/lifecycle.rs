@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,34 +29,11 @@ use tower_rest_ratelimit::{BoxError, Error, Limiter, RateLimitLayer, Stats};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// Virtual time after which a test calls a request hung.
-const HANG: Duration = Duration::from_secs(600);
 const TOKEN: &str = "a";
 
 /// Key of the simulator's "create message" bucket of one channel.
 fn messages_key(channel: u64) -> String {
     format!("{MESSAGES_HASH}:{channel}")
-}
-
-/// Awaits `fut`, failing the test if it takes longer than [`HANG`] of virtual
-/// time (the paused clock jumps there if everything is stuck).
-async fn within<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(HANG, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("{what}: still pending after {HANG:?} of virtual time"),
-    }
-}
-
-/// Yields (polling the IO driver, never advancing the paused clock) until
-/// `cond` holds.
-async fn settle(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..1_000_000 {
-        if cond() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("{what}: not reached");
 }
 
 /// Sends one request, reads the whole body, returns the status.

@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,36 +16,13 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use support::{client, messages, request, tick_clock, Simulator};
+use support::{client, messages, request, settle, tick_clock, within, Simulator};
 use tokio::task::JoinHandle;
 use tower::limit::ConcurrencyLimit;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rest_ratelimit::{BoxError, Error, RateLimit, RateLimitLayer};
 
 const TOKEN: &str = "a";
-/// Virtual time after which a test calls a request hung.
-const HANG: Duration = Duration::from_secs(600);
-
-/// Awaits `fut`, failing the test if it takes longer than [`HANG`] of virtual
-/// time.
-async fn within<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(HANG, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("{what}: still pending after {HANG:?} of virtual time"),
-    }
-}
-
-/// Yields (the clock advances only by [`tick_clock`]'s small steps) until
-/// `cond` holds.
-async fn settle(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..1_000_000 {
-        if cond() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("{what}: not reached");
-}
 
 /// The layer over one permit of the transport.
 type Svc = RateLimit<ConcurrencyLimit<Client<HttpConnector, Full<Bytes>>>>;

@@ -26,3 +26,27 @@ pub fn tick_clock() -> JoinHandle<()> {
 pub fn gaps(times: &[Instant]) -> Vec<Duration> {
     times.windows(2).map(|w| w[1] - w[0]).collect()
 }
+
+/// How much virtual time counts as a hang.
+pub const HANG: Duration = Duration::from_secs(600);
+
+/// Awaits `fut`, failing the test if it takes longer than [`HANG`] of
+/// virtual time (the paused clock jumps there if everything is stuck).
+pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(HANG, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what}: still pending after {HANG:?} of virtual time"),
+    }
+}
+
+/// Yields (the clock advances only by [`tick_clock`]'s small steps, if it
+/// runs) until `cond` holds.
+pub async fn settle(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1_000_000 {
+        if cond() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{what}: not reached");
+}

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 
 // Not every test binary uses every re-export.
 #[allow(unused_imports)]
-pub use self::clock::{gaps, tick_clock, TICK};
+pub use self::clock::{gaps, settle, tick_clock, within, HANG, TICK};
 #[allow(unused_imports)]
 pub use self::log::{BucketKey, LoggedRequest, Scope, WindowCount};
 #[allow(unused_imports)]
