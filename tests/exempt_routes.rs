@@ -18,15 +18,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Full};
-use support::{client, gaps, messages, request, Handle, Net, Override, Simulator};
+use http_body_util::Full;
+use support::{client, gaps, messages, request, Handle, Net, Override, Seen, Simulator};
 use tokio::time::Instant;
 use tower::retry::Retry;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_rest_ratelimit::retry::RetryPolicy;
-use tower_rest_ratelimit::{
-    BoxError, Builder, Error, Limiter, RateLimit, RateLimitInfo, RateLimitLayer, TooManyRequests,
-};
+use tower_rest_ratelimit::{BoxError, Builder, Error, Limiter, RateLimit, RateLimitLayer};
 
 const TOKEN: &str = "a";
 /// A route no limit applies to.
@@ -101,24 +99,6 @@ impl Harness {
     }
 }
 
-/// What the caller got back.
-#[derive(Debug)]
-struct Seen {
-    status: u16,
-    info: Option<RateLimitInfo>,
-}
-
-impl Seen {
-    fn too_many_requests(&self) -> TooManyRequests {
-        self.info
-            .as_ref()
-            .expect("a RateLimitInfo extension")
-            .too_many_requests
-            .clone()
-            .expect("a 429 is marked as too_many_requests")
-    }
-}
-
 /// Sends one request through `svc` and reads the whole response.
 async fn send<S, ResB>(svc: &S, req: Request<Full<Bytes>>) -> Result<Seen, BoxError>
 where
@@ -127,12 +107,7 @@ where
     ResB::Error: std::fmt::Debug,
 {
     let response = svc.clone().oneshot(req).await?;
-    let (parts, body) = response.into_parts();
-    body.collect().await.expect("read body");
-    Ok(Seen {
-        status: parts.status.as_u16(),
-        info: parts.extensions.get::<RateLimitInfo>().cloned(),
-    })
+    Ok(Seen::read(response).await)
 }
 
 /// A user 429 whose body, `Retry-After` and (on a bucketed route)

@@ -18,56 +18,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Response};
-use http_body::Body;
-use http_body_util::BodyExt;
+use http::{HeaderValue, Method};
 use support::{
-    client, limited_body, messages, request, Handle, LoggedRequest, Net, Override, Scope, Simulator,
+    client, limited_body, messages, request, Handle, LoggedRequest, Net, Override, Scope, Seen,
+    Simulator,
 };
 use tokio::time::{sleep_until, Instant};
 use tower::ServiceExt;
 use tower_rest_ratelimit::route::Route;
-use tower_rest_ratelimit::{
-    BoxError, Builder, Error, Limiter, RateLimit, RateLimitInfo, RateLimitLayer,
-};
+use tower_rest_ratelimit::{BoxError, Builder, Error, Limiter, RateLimit, RateLimitLayer};
 
 const SECOND: Duration = Duration::from_secs(1);
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// What the caller got back.
-#[derive(Debug)]
-struct Seen {
-    status: u16,
-    body: Bytes,
-    info: Option<RateLimitInfo>,
-}
-
-impl Seen {
-    async fn read<B>(response: Response<B>) -> Seen
-    where
-        B: Body<Data = Bytes>,
-        B::Error: std::fmt::Debug,
-    {
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.expect("read body").to_bytes();
-        Seen {
-            status: parts.status.as_u16(),
-            body,
-            info: parts.extensions.get::<RateLimitInfo>().cloned(),
-        }
-    }
-
-    fn too_many_requests(&self) -> tower_rest_ratelimit::TooManyRequests {
-        self.info
-            .as_ref()
-            .expect("a RateLimitInfo extension")
-            .too_many_requests
-            .clone()
-            .expect("a 429 is marked as too_many_requests")
-    }
 }
 
 /// A started simulator and a rate-limited client to it.

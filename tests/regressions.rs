@@ -24,17 +24,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use support::{
     client, gaps, limited_body, messages, request, Handle, LoggedRequest, Net, NetFuture, Override,
-    Simulator, Tracked, MESSAGES_HASH, RATE_LIMITED_MESSAGE,
+    Seen, Simulator, Tracked, MESSAGES_HASH, RATE_LIMITED_MESSAGE,
 };
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
-use tower_rest_ratelimit::{
-    BoxError, Builder, Error, Limiter, RateLimit, RateLimitInfo, RateLimitLayer,
-};
+use tower_rest_ratelimit::{BoxError, Builder, Error, Limiter, RateLimit, RateLimitLayer};
 
 const SECOND: Duration = Duration::from_secs(1);
 /// Epoch of the simulator's creation instant: a quarter second past a whole
@@ -201,32 +198,6 @@ impl Service<Request<Full<Bytes>>> for ScriptedNet {
     }
 }
 
-/// What the caller got back.
-#[derive(Debug)]
-struct Seen {
-    status: u16,
-    info: RateLimitInfo,
-}
-
-impl Seen {
-    async fn read<B>(response: Response<B>) -> Seen
-    where
-        B: Body<Data = Bytes>,
-        B::Error: std::fmt::Debug,
-    {
-        let (parts, body) = response.into_parts();
-        body.collect().await.expect("read body");
-        Seen {
-            status: parts.status.as_u16(),
-            info: parts
-                .extensions
-                .get::<RateLimitInfo>()
-                .cloned()
-                .expect("every response carries a RateLimitInfo"),
-        }
-    }
-}
-
 /// A started simulator and a rate-limited client to it.
 #[derive(Clone)]
 struct Harness {
@@ -379,7 +350,7 @@ async fn webhook_token_after_a_prefix_or_empty_segment_stays_secret_and_splits_q
         }
         let first = h.send(Method::POST, &secret).await.unwrap();
         assert_eq!(first.status, 200, "{path}");
-        hidden(&format!("{:?}", first.info));
+        hidden(&format!("{:?}", first.info()));
 
         // The token's window is used up for 60 s: too long, nothing sent.
         let sent = h.sim.requests().len();
@@ -402,7 +373,7 @@ async fn webhook_token_after_a_prefix_or_empty_segment_stays_secret_and_splits_q
             .unwrap();
         assert_eq!(other.status, 200, "{path}");
         assert_eq!(Instant::now(), t0, "{path}: another token does not wait");
-        hidden(&format!("{:?}", other.info));
+        hidden(&format!("{:?}", other.info()));
     }
     assert_eq!(h.sim.count_429(), 0);
     assert_eq!(h.sim.pending_overrides(), 0);
@@ -434,7 +405,12 @@ async fn reset_without_reset_after_waits_for_the_servers_reset() {
         .await
         .unwrap();
     assert_eq!(first.status, 200);
-    assert_eq!(first.info.reset_after, Some(secs(5.25)), "{:?}", first.info);
+    assert_eq!(
+        first.info().reset_after,
+        Some(secs(5.25)),
+        "{:?}",
+        first.info()
+    );
     // Five more (unique queries, so that each gets its scripted answer).
     let tasks = (1..6)
         .map(|n| h.spawn(Method::GET, format!("/api/v10/channels/1/pins?n={n:02}")))
@@ -476,8 +452,8 @@ async fn user_429_without_body_retry_after_holds_the_larger_header() {
     h.sim.push_override_for(&path, raw(429, headers, body));
     let limited = h.send(Method::POST, &path).await.unwrap();
     assert_eq!(limited.status, 429);
-    assert_eq!(limited.info.retry_after, Some(SECOND));
-    assert_eq!(limited.info.reset_after, Some(secs(4.5)));
+    assert_eq!(limited.info().retry_after, Some(SECOND));
+    assert_eq!(limited.info().reset_after, Some(secs(4.5)));
     let t429 = Instant::now();
 
     assert_eq!(h.send(Method::POST, &path).await.unwrap().status, 200);
@@ -526,7 +502,7 @@ async fn first_request_429_holds_its_channel_after_the_hash_is_learned() {
         // Channel 2's first answer teaches the route's bucket hash.
         let taught = h.send(method.clone(), &path(2)).await.unwrap();
         assert_eq!(taught.status, 200, "{route}");
-        assert!(taught.info.bucket.is_some(), "{route}");
+        assert!(taught.info().bucket.is_some(), "{route}");
         assert_eq!(Instant::now(), t429, "{route}: channel 2 is not held");
 
         // Channel 1's retry still waits out the 3 s.

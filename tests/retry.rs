@@ -24,15 +24,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use support::{client, gaps, limited_body, request, Handle, Net, Override, Simulator};
+use support::{client, gaps, limited_body, request, Handle, Net, Override, Seen, Simulator};
 use tokio::time::Instant;
 use tower::retry::Retry;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rest_ratelimit::retry::{CloneBody, RetryPolicy};
-use tower_rest_ratelimit::{BoxError, Error, RateLimit, RateLimitInfo, RateLimitLayer};
+use tower_rest_ratelimit::{BoxError, Error, RateLimit, RateLimitLayer};
 
 const MESSAGES: &str = "/api/v10/channels/1/messages";
 const TOKEN: &str = "a";
@@ -77,39 +77,6 @@ impl Harness {
     /// Arrival instants of the requests the server saw.
     fn arrivals(&self) -> Vec<Instant> {
         self.sim.requests().iter().map(|r| r.arrival).collect()
-    }
-}
-
-/// What the caller got back.
-#[derive(Debug)]
-struct Seen {
-    status: u16,
-    body: Bytes,
-    info: Option<RateLimitInfo>,
-}
-
-impl Seen {
-    async fn read<B>(response: Response<B>) -> Seen
-    where
-        B: Body<Data = Bytes>,
-        B::Error: std::fmt::Debug,
-    {
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.expect("read body").to_bytes();
-        Seen {
-            status: parts.status.as_u16(),
-            body,
-            info: parts.extensions.get::<RateLimitInfo>().cloned(),
-        }
-    }
-
-    fn too_many_requests(&self) -> tower_rest_ratelimit::TooManyRequests {
-        self.info
-            .as_ref()
-            .expect("a RateLimitInfo extension")
-            .too_many_requests
-            .clone()
-            .expect("a 429 is marked as too_many_requests")
     }
 }
 

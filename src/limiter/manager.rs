@@ -219,8 +219,9 @@ impl Manager {
     }
 
     /// What an answer says of the token as a whole: invalid requests, and a
-    /// global 429's throttle. Returns how long a 429 holds.
-    fn observe_token(
+    /// global 429's throttle. Returns how long a 429 holds. Alone, for a
+    /// request no limit applied to (no grant): its answer still counts.
+    pub(crate) fn observe_token(
         &mut self,
         auth: AuthHash,
         status: StatusCode,
@@ -248,20 +249,6 @@ impl Manager {
             }
         }
         hold
-    }
-
-    /// Learns from the answer to a request no limit applied to (no grant):
-    /// it still counts as an invalid request, and a global 429 still holds
-    /// the token.
-    pub(crate) fn record_ungranted(
-        &mut self,
-        auth: AuthHash,
-        status: StatusCode,
-        info: &RateLimitInfo,
-        config: &Config,
-        now: Instant,
-    ) {
-        self.observe_token(auth, status, info, config, now);
     }
 
     /// A granted request ended without an answer; `sent` tells whether it

@@ -74,7 +74,7 @@ impl Ticket {
             None => {
                 shared
                     .lock()
-                    .record_ungranted(self.auth, status, info, &shared.config, now);
+                    .observe_token(self.auth, status, info, &shared.config, now);
                 false
             }
         }

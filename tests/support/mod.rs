@@ -29,6 +29,7 @@ mod clock;
 mod log;
 mod response;
 mod route;
+mod seen;
 mod server;
 mod state;
 mod wire;
@@ -50,6 +51,8 @@ pub use self::log::{BucketKey, LoggedRequest, Scope, WindowCount};
 pub use self::response::{limited_body, Override, RATE_LIMITED_MESSAGE};
 #[allow(unused_imports)]
 pub use self::route::{derived_hash, Route, INTERACTION_TOKEN_PREFIX};
+#[allow(unused_imports)]
+pub use self::seen::Seen;
 #[allow(unused_imports)]
 pub use self::server::{body_string, client, request, SimService};
 #[allow(unused_imports)]
