@@ -1,4 +1,4 @@
-//! The bucket rules of DESIGN.md ("Bucket rules"), tested over real HTTP
+//! The bucket rules of ARCHITECTURE.md ("Bucket rules"), tested over real HTTP
 //! against the simulated Discord server, with tokio's paused clock.
 //!
 //! Every test measures what the server saw (arrival instants, requests per
