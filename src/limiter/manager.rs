@@ -1,14 +1,14 @@
 //! The in-memory store: every bucket and authentication of one limiter,
 //! deciding and updating under one lock, never sleeping.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::StatusCode;
 use tokio::time::Instant;
 
 use super::bucket::Bucket;
-use super::global::{AuthState, GlobalQueue};
+use super::global::{AuthState, Ceiling, GlobalQueue, InvalidGuard};
 use super::hash::{FastSet, Map};
 use super::wait::{Queue, Waiter};
 use super::{AuthHash, Config};
@@ -108,7 +108,17 @@ pub(crate) struct Counts {
     pub(crate) waiters: usize,
     pub(crate) in_flight: usize,
     pub(crate) invalid: Vec<(AuthHash, u32)>,
+    pub(crate) invalid_total: u32,
     pub(crate) throttled: usize,
+}
+
+/// The store's answer to a request no limit applies to.
+#[derive(Debug)]
+pub(crate) enum Pass {
+    Go,
+    /// An invalid-request ceiling holds it: wait in this queue, woken when
+    /// a request in flight ends, and ask again.
+    Wait(Arc<Queue>),
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +126,15 @@ pub(crate) struct Manager {
     routes: Map<Route, Arc<str>>,
     buckets: Map<BucketKey, Entry>,
     auths: Map<AuthHash, AuthState>,
+    /// Invalid requests and requests in flight of every authentication,
+    /// against the limiter-wide ceiling.
+    invalid_total: InvalidGuard,
+    /// The queues whose head an invalid-request ceiling holds (by address),
+    /// to wake when a request in flight ends. Weak, so that a bucket's
+    /// entry is not kept in use by it.
+    ceiling_held: Map<usize, Weak<Queue>>,
+    /// Where requests of routes no limit applies to wait on a ceiling.
+    exempt: Arc<Queue>,
 }
 
 impl Manager {
@@ -142,12 +161,15 @@ impl Manager {
             routes,
             buckets,
             auths,
+            invalid_total,
+            ceiling_held,
+            ..
         } = self;
         let global = route.limits() == Limits::All;
         let state = auths
             .entry(auth)
             .or_insert_with(|| AuthState::new(config.global_per_second, now));
-        check_ceiling(state, config, now)?;
+        let held_by_ceiling = check_ceiling(state, invalid_total, config, now)?;
         let throttled = if global { state.throttled(now) } else { None };
 
         let key = key_for(routes, buckets, route, auth, now);
@@ -183,6 +205,12 @@ impl Manager {
         if let Some(until) = entry.bucket.check(now) {
             return Ok(wait(entry, until, false, None));
         }
+        if held_by_ceiling {
+            // Until a request in flight ends (ARCHITECTURE.md §6).
+            let queue = entry.queue();
+            ceiling_held.insert(Arc::as_ptr(queue) as usize, Arc::downgrade(queue));
+            return Ok(wait(entry, None, false, None));
+        }
         let mut holds_global = false;
         if let (true, Some(limit)) = (global, state.limit.as_mut()) {
             if !global_turn && state.queue.is_waited() {
@@ -195,6 +223,8 @@ impl Manager {
             holds_global = true;
         }
         let generation = entry.bucket.take(now);
+        state.invalid.start();
+        invalid_total.start();
         Ok(Acquire::Granted(Grant {
             key,
             route: route.route().clone(),
@@ -204,17 +234,57 @@ impl Manager {
         }))
     }
 
-    /// For a request no limit applies to: fails once the token reached the
-    /// invalid-request ceiling.
-    pub(crate) fn check_ceiling(
+    /// For a request no limit applies to: fails once the token (or the
+    /// limiter) reached its invalid-request ceiling, waits while the
+    /// requests in flight could reach it, and otherwise counts it in flight
+    /// (until [`pass_end`](Self::pass_end)).
+    pub(crate) fn pass(
         &mut self,
         auth: AuthHash,
         config: &Config,
         now: Instant,
-    ) -> Result<(), Error> {
-        match self.auths.get_mut(&auth) {
-            Some(state) => check_ceiling(state, config, now),
-            None => Ok(()),
+    ) -> Result<Pass, Error> {
+        let state = self
+            .auths
+            .entry(auth)
+            .or_insert_with(|| AuthState::new(config.global_per_second, now));
+        if check_ceiling(state, &mut self.invalid_total, config, now)? {
+            let queue = Arc::clone(&self.exempt);
+            self.ceiling_held
+                .insert(Arc::as_ptr(&queue) as usize, Arc::downgrade(&queue));
+            return Ok(Pass::Wait(queue));
+        }
+        state.invalid.start();
+        self.invalid_total.start();
+        Ok(Pass::Go)
+    }
+
+    /// A request let through by [`pass`](Self::pass) was answered (its
+    /// answer seen by `observe_token`) or dropped; `lost` when it was sent
+    /// and its answer will never be seen.
+    pub(crate) fn pass_end(&mut self, auth: AuthHash, lost: bool, now: Instant) {
+        self.end_in_flight(auth, lost, now);
+    }
+
+    /// A request counted in flight against the invalid-request ceilings
+    /// ended. One sent whose answer will never be seen (`lost`: dropped by
+    /// the caller, a transport error) may have reached the server and come
+    /// back invalid: unless the authentication's latest answer was valid,
+    /// it counts as invalid, so that timeouts do not get around a ceiling.
+    fn end_in_flight(&mut self, auth: AuthHash, lost: bool, now: Instant) {
+        self.invalid_total.end();
+        if let Some(state) = self.auths.get_mut(&auth) {
+            state.invalid.end();
+            if lost && !state.known_valid {
+                tracing::debug!(?auth, "request dropped in flight: counted as invalid");
+                state.invalid.add(now);
+                self.invalid_total.add(now);
+            }
+        }
+        for (_, queue) in self.ceiling_held.drain() {
+            if let Some(queue) = queue.upgrade() {
+                queue.notify.notify_waiters();
+            }
         }
     }
 
@@ -236,6 +306,12 @@ impl Manager {
             t.retry_after
                 .or_else(|| [info.retry_after, reset_after].into_iter().flatten().max())
         });
+        if invalid {
+            self.invalid_total.add(now);
+        }
+        if let Some(state) = self.auths.get_mut(&auth) {
+            state.known_valid = !invalid;
+        }
         if invalid || rejected.is_some_and(|t| t.global) {
             let state = self.auth(auth, config, now);
             if invalid {
@@ -254,6 +330,7 @@ impl Manager {
     /// A granted request ended without an answer; `sent` tells whether it
     /// may have reached the server.
     pub(crate) fn release(&mut self, grant: Grant, sent: bool, now: Instant) {
+        self.end_in_flight(grant.key.auth, sent, now);
         if grant.global {
             self.free_global(grant.key.auth, sent, now);
         }
@@ -305,6 +382,7 @@ impl Manager {
         }
         let rejected = info.too_many_requests.as_ref();
         let hold = self.observe_token(key.auth, status, info, config, now);
+        self.end_in_flight(key.auth, false, now);
         let held = match (rejected, hold) {
             (Some(t), Some(_)) => !t.global || throttled_by_global,
             _ => false,
@@ -424,6 +502,7 @@ impl Manager {
             }
         }
         counts.invalid.sort_unstable_by_key(|(a, _)| *a);
+        counts.invalid_total = self.invalid_total.count(now);
         counts
     }
 
@@ -435,8 +514,8 @@ impl Manager {
 
     /// Wakes every waiting head (on close).
     ///
-    /// (Heads waiting on the global limit alone also wait on the close
-    /// signal.)
+    /// (Heads waiting on the global limit alone, and requests of routes no
+    /// limit applies to held by a ceiling, also wait on the close signal.)
     pub(crate) fn notify_all(&self) {
         for e in self.buckets.values() {
             if let Some(queue) = &e.queue {
@@ -446,14 +525,28 @@ impl Manager {
     }
 }
 
-fn check_ceiling(state: &mut AuthState, config: &Config, now: Instant) -> Result<(), Error> {
-    if let Some(ceiling) = config.invalid_ceiling {
-        let count = state.invalid.count(now);
-        if count >= ceiling {
-            return Err(Error::InvalidRequestLimit { count, ceiling });
+/// The invalid-request ceilings (ARCHITECTURE.md §6), the authentication's
+/// and the limiter's: an error once either count reached its ceiling (fail
+/// fast: only time can bring the count down); `true` while the requests in
+/// flight could reach one (wait: they may well come back valid).
+fn check_ceiling(
+    state: &mut AuthState,
+    total: &mut InvalidGuard,
+    config: &Config,
+    now: Instant,
+) -> Result<bool, Error> {
+    let own = state.invalid.check(config.invalid_ceiling, now);
+    let all = total.check(config.invalid_ceiling_total, now);
+    match (own, all) {
+        (Ceiling::Reached { count, ceiling }, _) => {
+            Err(Error::InvalidRequestLimit { count, ceiling })
         }
+        (_, Ceiling::Reached { count, ceiling }) => {
+            Err(Error::InvalidRequestLimitTotal { count, ceiling })
+        }
+        (Ceiling::Held, _) | (_, Ceiling::Held) => Ok(true),
+        (Ceiling::Open, Ceiling::Open) => Ok(false),
     }
-    Ok(())
 }
 
 /// The key a request of `route` waits and takes its slot under.
