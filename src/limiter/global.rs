@@ -440,6 +440,33 @@ mod tests {
         assert_eq!(a.throttled(t0), Some(t0 + Duration::from_secs(5)));
     }
 
+    /// ARCHITECTURE.md §6: invalid + in flight never exceeds the ceiling.
+    #[test]
+    fn the_guard_holds_invalid_plus_in_flight_under_the_ceiling() {
+        let t0 = Instant::now();
+        let mut g = InvalidGuard::default();
+        assert_eq!(g.check(None, t0), Ceiling::Open);
+        g.start();
+        assert_eq!(g.check(Some(2), t0), Ceiling::Open);
+        g.start();
+        assert_eq!(g.check(Some(2), t0), Ceiling::Held);
+        assert_eq!(g.check(None, t0), Ceiling::Open, "no ceiling, no bound");
+        g.end();
+        g.add(t0);
+        assert_eq!(g.check(Some(2), t0), Ceiling::Held);
+        g.end();
+        assert_eq!(g.check(Some(2), t0), Ceiling::Open);
+        g.add(t0);
+        let reached = Ceiling::Reached {
+            count: 2,
+            ceiling: 2,
+        };
+        assert_eq!(g.check(Some(2), t0), reached);
+        assert_eq!(g.check(Some(2), t0 + INVALID_WINDOW), Ceiling::Open);
+        g.end();
+        assert_eq!(g.in_flight(), 0, "never below zero");
+    }
+
     #[test]
     fn invalid_requests_slide_out_after_ten_minutes() {
         let t0 = Instant::now();

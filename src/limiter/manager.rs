@@ -583,3 +583,245 @@ fn key_for(
     }
     key
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    use http::Method;
+
+    use super::*;
+    use crate::headers::{Scope, TooManyRequests};
+    use crate::route::DiscordResolver;
+
+    const A: AuthHash = AuthHash(1);
+    const B: AuthHash = AuthHash(2);
+    const C: AuthHash = AuthHash(3);
+
+    fn config(own: Option<u32>, total: Option<u32>) -> Config {
+        Config {
+            max_rate_limit: Duration::from_secs(300),
+            global_per_second: None,
+            expire_after: Duration::from_secs(10),
+            invalid_ceiling: own,
+            invalid_ceiling_total: total,
+            resolver: Arc::new(DiscordResolver),
+        }
+    }
+
+    /// "Create message" in `channel`: an unknown bucket of its own.
+    fn channel(channel: u64) -> CompiledRoute {
+        CompiledRoute::new(Route::new(Method::POST, "/channels/{channel_id}/messages"))
+            .with_major("channel_id", &channel.to_string())
+    }
+
+    /// A grant, or the queue a ceiling (nothing else here) holds it in.
+    fn ask(
+        m: &mut Manager,
+        c: u64,
+        auth: AuthHash,
+        config: &Config,
+        now: Instant,
+    ) -> Result<Result<Grant, Arc<Queue>>, Error> {
+        Ok(
+            match m.acquire(&channel(c), auth, None, false, config, now)? {
+                Acquire::Granted(grant) => Ok(grant),
+                Acquire::Wait { until, queue, .. } => {
+                    assert_eq!(until, None, "held until an answer, not a time");
+                    Err(queue)
+                }
+            },
+        )
+    }
+
+    fn answer(m: &mut Manager, grant: Grant, status: u16, config: &Config, now: Instant) {
+        let status = StatusCode::from_u16(status).unwrap();
+        m.record(grant, status, &RateLimitInfo::default(), config, now);
+    }
+
+    fn in_flight(m: &Manager, auth: AuthHash) -> u32 {
+        m.auths.get(&auth).map_or(0, |a| a.invalid.in_flight())
+    }
+
+    /// ARCHITECTURE.md §6: invalid + in flight never exceeds the ceiling;
+    /// a request over it waits for an answer, and fails once the count
+    /// itself reaches the ceiling.
+    #[test]
+    fn requests_in_flight_count_toward_the_ceiling() {
+        let now = Instant::now();
+        let config = config(Some(3), None);
+        let mut m = Manager::default();
+        let mut grants: Vec<Grant> = (0..3)
+            .map(|c| ask(&mut m, c, A, &config, now).unwrap().unwrap())
+            .collect();
+        assert_eq!(in_flight(&m, A), 3);
+        assert!(ask(&mut m, 3, A, &config, now).unwrap().is_err(), "held");
+
+        answer(&mut m, grants.pop().unwrap(), 401, &config, now);
+        assert_eq!((m.invalid_count(A, now), in_flight(&m, A)), (1, 2));
+        assert!(ask(&mut m, 3, A, &config, now).unwrap().is_err(), "1 + 2");
+
+        answer(&mut m, grants.pop().unwrap(), 200, &config, now);
+        let fourth = ask(&mut m, 3, A, &config, now).unwrap().unwrap();
+        answer(&mut m, fourth, 403, &config, now);
+        assert_eq!((m.invalid_count(A, now), in_flight(&m, A)), (2, 1));
+        assert!(
+            ask(&mut m, 4, A, &config, now).unwrap().is_err(),
+            "one at a time"
+        );
+
+        answer(&mut m, grants.pop().unwrap(), 401, &config, now);
+        let err = ask(&mut m, 4, A, &config, now).unwrap_err();
+        assert_eq!(
+            err,
+            Error::InvalidRequestLimit {
+                count: 3,
+                ceiling: 3
+            }
+        );
+        assert_eq!(in_flight(&m, A), 0);
+        // Another token is not held by A's ceiling.
+        assert!(ask(&mut m, 4, B, &config, now).unwrap().is_ok());
+    }
+
+    /// ARCHITECTURE.md §6: the end of a request in flight wakes the heads a
+    /// ceiling holds, so that they ask again.
+    #[test]
+    fn an_answer_wakes_the_requests_a_ceiling_holds() {
+        let now = Instant::now();
+        let config = config(Some(1), None);
+        let mut m = Manager::default();
+        let first = ask(&mut m, 0, A, &config, now).unwrap().unwrap();
+        let queue = ask(&mut m, 1, A, &config, now).unwrap().unwrap_err();
+        let notified = queue.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(notified.as_mut().poll(&mut cx).is_pending());
+        answer(&mut m, first, 200, &config, now);
+        assert_eq!(notified.as_mut().poll(&mut cx), Poll::Ready(()));
+        assert!(ask(&mut m, 1, A, &config, now).unwrap().is_ok());
+    }
+
+    /// ARCHITECTURE.md §6: a request released unsent is no longer in flight
+    /// and not invalid; one sent and never answered counts as invalid unless
+    /// the token's latest answer was valid.
+    #[test]
+    fn released_requests_leave_and_lost_ones_count_until_the_token_is_known_good() {
+        let now = Instant::now();
+        let config = config(Some(10), Some(100));
+        let mut m = Manager::default();
+        let g = ask(&mut m, 0, A, &config, now).unwrap().unwrap();
+        m.release(g, false, now);
+        assert_eq!((m.invalid_count(A, now), in_flight(&m, A)), (0, 0));
+
+        let g = ask(&mut m, 0, A, &config, now).unwrap().unwrap();
+        m.release(g, true, now);
+        assert_eq!((m.invalid_count(A, now), in_flight(&m, A)), (1, 0));
+        assert_eq!(m.counts(now).invalid_total, 1);
+
+        let g = ask(&mut m, 1, A, &config, now).unwrap().unwrap();
+        answer(&mut m, g, 200, &config, now);
+        let g = ask(&mut m, 2, A, &config, now).unwrap().unwrap();
+        m.release(g, true, now);
+        assert_eq!(m.invalid_count(A, now), 1, "the token is known good");
+
+        let g = ask(&mut m, 3, A, &config, now).unwrap().unwrap();
+        answer(&mut m, g, 401, &config, now);
+        let g = ask(&mut m, 4, A, &config, now).unwrap().unwrap();
+        m.release(g, true, now);
+        assert_eq!(m.invalid_count(A, now), 3, "its latest answer was invalid");
+        assert_eq!(m.counts(now).invalid_total, 3);
+        assert_eq!(m.invalid_total.in_flight(), 0);
+    }
+
+    /// ARCHITECTURE.md §6: the limiter-wide ceiling counts every token's
+    /// invalid requests and requests in flight.
+    #[test]
+    fn the_limiter_wide_ceiling_counts_every_token() {
+        let now = Instant::now();
+        let config = config(None, Some(2));
+        let mut m = Manager::default();
+        let a = ask(&mut m, 0, A, &config, now).unwrap().unwrap();
+        let b = ask(&mut m, 0, B, &config, now).unwrap().unwrap();
+        assert!(ask(&mut m, 0, C, &config, now).unwrap().is_err(), "held");
+        answer(&mut m, a, 401, &config, now);
+        assert!(ask(&mut m, 0, C, &config, now).unwrap().is_err(), "1 + 1");
+        answer(&mut m, b, 403, &config, now);
+        let err = ask(&mut m, 0, C, &config, now).unwrap_err();
+        assert_eq!(
+            err,
+            Error::InvalidRequestLimitTotal {
+                count: 2,
+                ceiling: 2
+            }
+        );
+        let counts = m.counts(now);
+        assert_eq!(counts.invalid_total, 2);
+        assert_eq!(counts.invalid, vec![(A, 1), (B, 1)]);
+        // Until the count slides out of the ten minutes.
+        let later = now + Duration::from_secs(600);
+        assert!(ask(&mut m, 0, C, &config, later).unwrap().is_ok());
+    }
+
+    /// ARCHITECTURE.md §6 and §2.1: a request no limit applies to counts in
+    /// flight too, and waits on the bound like the others.
+    #[test]
+    fn passes_count_in_flight() {
+        let now = Instant::now();
+        let config = config(Some(2), None);
+        let mut m = Manager::default();
+        assert!(matches!(m.pass(A, &config, now), Ok(Pass::Go)));
+        assert!(ask(&mut m, 0, A, &config, now).unwrap().is_ok());
+        assert!(matches!(m.pass(A, &config, now), Ok(Pass::Wait(_))));
+        let status = StatusCode::UNAUTHORIZED;
+        m.observe_token(A, status, &RateLimitInfo::default(), &config, now);
+        m.pass_end(A, false, now);
+        assert_eq!((m.invalid_count(A, now), in_flight(&m, A)), (1, 1));
+        assert!(matches!(m.pass(A, &config, now), Ok(Pass::Wait(_))));
+    }
+
+    /// ARCHITECTURE.md §1: a `shared` 429 is not invalid, for either count;
+    /// a `user` 429 is.
+    #[test]
+    fn shared_429s_are_not_invalid() {
+        let now = Instant::now();
+        let config = config(Some(1), Some(1));
+        let mut m = Manager::default();
+        let info = |scope| RateLimitInfo {
+            too_many_requests: Some(TooManyRequests {
+                scope: Some(scope),
+                retry_after: Some(Duration::from_secs(1)),
+                ..TooManyRequests::default()
+            }),
+            ..RateLimitInfo::default()
+        };
+        for c in 0..5 {
+            let g = ask(&mut m, c, A, &config, now).unwrap().unwrap();
+            m.record(
+                g,
+                StatusCode::TOO_MANY_REQUESTS,
+                &info(Scope::Shared),
+                &config,
+                now,
+            );
+        }
+        assert_eq!(
+            (m.invalid_count(A, now), m.counts(now).invalid_total),
+            (0, 0)
+        );
+        let g = ask(&mut m, 9, A, &config, now).unwrap().unwrap();
+        m.record(
+            g,
+            StatusCode::TOO_MANY_REQUESTS,
+            &info(Scope::User),
+            &config,
+            now,
+        );
+        assert_eq!(
+            (m.invalid_count(A, now), m.counts(now).invalid_total),
+            (1, 1)
+        );
+    }
+}
