@@ -59,4 +59,18 @@ pub enum Error {
         /// The configured ceiling.
         ceiling: u32,
     },
+    /// The limiter as a whole (every authentication together) made `count`
+    /// invalid requests in the last ten minutes, at or above the configured
+    /// limiter-wide ceiling; the request was not sent. Discord bans the IP,
+    /// whatever the tokens: stop sending until the count slides down.
+    #[error(
+        "{count} invalid requests of all tokens in the last 10 minutes reached the \
+         limiter-wide ceiling of {ceiling}; request not sent"
+    )]
+    InvalidRequestLimitTotal {
+        /// Invalid requests of every authentication in the last ten minutes.
+        count: u32,
+        /// The configured limiter-wide ceiling.
+        ceiling: u32,
+    },
 }

@@ -147,7 +147,7 @@ where
                     };
                     let started = match route.limits() {
                         // No limit applies, but the answer still counts.
-                        Limits::None => limiter.pass(*auth).map(Start::Go),
+                        Limits::None => limiter.pass(*auth),
                         _ => limiter.start(route, *auth),
                     };
                     let (svc, req) = (svc.take(), req.take());

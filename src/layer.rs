@@ -91,6 +91,7 @@ impl Builder {
                 global_per_second: Some(50),
                 expire_after: Duration::from_secs(10),
                 invalid_ceiling: None,
+                invalid_ceiling_total: None,
                 resolver: Arc::new(DiscordResolver),
             },
         }
@@ -119,12 +120,49 @@ impl Builder {
         self
     }
 
-    /// Fail new requests of an authentication with
-    /// [`Error::InvalidRequestLimit`](crate::Error::InvalidRequestLimit) once
-    /// it made this many invalid requests (401, 403, 429 but `shared`) in ten
-    /// minutes. Discord bans the IP at 10,000. Default `None` (off).
+    /// Bounds the invalid requests (401, 403, 429 but `shared`) of each
+    /// authentication over ten minutes. Discord bans the IP at 10,000.
+    /// Default `None` (off).
+    ///
+    /// The ceiling is a bound, not a trigger: every request in flight may
+    /// still come back invalid, so the invalid requests counted plus the
+    /// requests in flight never exceed it, whatever the concurrency.
+    ///
+    /// - Once the count itself reaches the ceiling, new requests fail at
+    ///   once with [`Error::InvalidRequestLimit`](crate::Error::InvalidRequestLimit)
+    ///   and nothing is sent: only time brings the count down.
+    /// - Below it, a request that would take the count plus the requests in
+    ///   flight over the ceiling waits until one of them is answered (those
+    ///   may well be valid), then goes or fails. So an authentication may
+    ///   have at most `ceiling - count` requests in flight at once, and one
+    ///   at a time once it is a request short of the ceiling. Keep the
+    ///   ceiling well above the concurrency you need.
+    /// - A request sent but never answered (dropped by the caller, a
+    ///   transport error) counts as invalid unless the authentication's
+    ///   latest answer was valid: it may have reached the server.
+    ///
+    /// Routes no limit applies to (interaction callbacks, `POST
+    /// /oauth2/token`) are bounded too. See also
+    /// [`invalid_request_ceiling_total`](Self::invalid_request_ceiling_total).
     pub fn invalid_request_ceiling(mut self, ceiling: Option<u32>) -> Self {
         self.config.invalid_ceiling = ceiling;
+        self
+    }
+
+    /// Bounds the invalid requests of every authentication together over
+    /// ten minutes, the same way as
+    /// [`invalid_request_ceiling`](Self::invalid_request_ceiling) bounds
+    /// each one: Discord's ban is per IP, so several tokens each under its
+    /// own ceiling could still earn it together. Once the total count
+    /// reaches this ceiling, every request fails at once with
+    /// [`Error::InvalidRequestLimitTotal`](crate::Error::InvalidRequestLimitTotal);
+    /// below it, the requests in flight of all tokens count toward it and a
+    /// request that could go over it waits. The count is
+    /// [`Stats::invalid_requests_total`](crate::Stats::invalid_requests_total).
+    /// It covers the requests of this limiter only: share one limiter
+    /// between the clients of one IP. Default `None` (off).
+    pub fn invalid_request_ceiling_total(mut self, ceiling: Option<u32>) -> Self {
+        self.config.invalid_ceiling_total = ceiling;
         self
     }
 

@@ -171,12 +171,81 @@ impl InvalidCount {
     }
 }
 
+/// Where a count of invalid requests stands against its ceiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ceiling {
+    /// A request may go.
+    Open,
+    /// The requests in flight could, if they all came back invalid, reach
+    /// the ceiling: a request waits for one of them to be answered.
+    Held,
+    /// The count of invalid requests itself reached the ceiling.
+    Reached { count: u32, ceiling: u32 },
+}
+
+/// What an invalid-request ceiling bounds (ARCHITECTURE.md §6): the invalid
+/// requests of the last ten minutes plus the requests in flight that may
+/// still come back invalid (every request in flight may).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InvalidGuard {
+    invalid: InvalidCount,
+    /// Granted (or passed) and not yet answered or released.
+    in_flight: u32,
+}
+
+impl InvalidGuard {
+    pub(crate) fn count(&mut self, now: Instant) -> u32 {
+        self.invalid.count(now)
+    }
+
+    pub(crate) fn add(&mut self, now: Instant) {
+        self.invalid.add(now);
+    }
+
+    /// Whether one more request may go under `ceiling` (none: no bound).
+    /// Invalid + in flight never exceeds the ceiling: once the count is one
+    /// short of it, requests go one at a time.
+    pub(crate) fn check(&mut self, ceiling: Option<u32>, now: Instant) -> Ceiling {
+        let Some(ceiling) = ceiling else {
+            return Ceiling::Open;
+        };
+        let count = self.invalid.count(now);
+        if count >= ceiling {
+            Ceiling::Reached { count, ceiling }
+        } else if count.saturating_add(self.in_flight) >= ceiling {
+            Ceiling::Held
+        } else {
+            Ceiling::Open
+        }
+    }
+
+    /// A request left (granted or passed): it may come back invalid.
+    pub(crate) fn start(&mut self) {
+        self.in_flight = self.in_flight.saturating_add(1);
+    }
+
+    /// A request that left came back or was given up (its answer, if any,
+    /// already counted through [`add`](Self::add)).
+    pub(crate) fn end(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+}
+
 /// The state of one authentication.
 #[derive(Debug)]
 pub(crate) struct AuthState {
     throttle_until: Option<Instant>,
     pub(crate) limit: Option<GlobalLimit>,
-    pub(crate) invalid: InvalidCount,
+    /// Its invalid requests and requests in flight, against the
+    /// per-authentication ceiling.
+    pub(crate) invalid: InvalidGuard,
+    /// Whether its latest answer was valid: a request of it dropped in
+    /// flight, whose answer is never seen, is then not counted as invalid.
+    pub(crate) known_valid: bool,
     /// The requests waiting on the global limit.
     pub(crate) queue: Arc<GlobalQueue>,
 }
@@ -220,7 +289,8 @@ impl AuthState {
         Self {
             throttle_until: None,
             limit: per_second.map(|n| GlobalLimit::new(n, now)),
-            invalid: InvalidCount::default(),
+            invalid: InvalidGuard::default(),
+            known_valid: false,
             queue: Arc::default(),
         }
     }
@@ -243,6 +313,7 @@ impl AuthState {
         Arc::strong_count(&self.queue) == 1
             && self.throttled(now).is_none()
             && self.invalid.count(now) == 0
+            && self.invalid.in_flight() == 0
             && self.limit.as_mut().is_none_or(|l| l.is_idle(now))
     }
 }
@@ -367,6 +438,33 @@ mod tests {
         a.throttle(t0 + Duration::from_secs(5), t0);
         a.throttle(t0 + Duration::from_secs(2), t0);
         assert_eq!(a.throttled(t0), Some(t0 + Duration::from_secs(5)));
+    }
+
+    /// ARCHITECTURE.md §6: invalid + in flight never exceeds the ceiling.
+    #[test]
+    fn the_guard_holds_invalid_plus_in_flight_under_the_ceiling() {
+        let t0 = Instant::now();
+        let mut g = InvalidGuard::default();
+        assert_eq!(g.check(None, t0), Ceiling::Open);
+        g.start();
+        assert_eq!(g.check(Some(2), t0), Ceiling::Open);
+        g.start();
+        assert_eq!(g.check(Some(2), t0), Ceiling::Held);
+        assert_eq!(g.check(None, t0), Ceiling::Open, "no ceiling, no bound");
+        g.end();
+        g.add(t0);
+        assert_eq!(g.check(Some(2), t0), Ceiling::Held);
+        g.end();
+        assert_eq!(g.check(Some(2), t0), Ceiling::Open);
+        g.add(t0);
+        let reached = Ceiling::Reached {
+            count: 2,
+            ceiling: 2,
+        };
+        assert_eq!(g.check(Some(2), t0), reached);
+        assert_eq!(g.check(Some(2), t0 + INVALID_WINDOW), Ceiling::Open);
+        g.end();
+        assert_eq!(g.in_flight(), 0, "never below zero");
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! The in-memory store: every bucket and authentication of one limiter,
 //! deciding and updating under one lock, never sleeping.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::StatusCode;
 use tokio::time::Instant;
 
 use super::bucket::Bucket;
-use super::global::{AuthState, GlobalQueue};
+use super::global::{AuthState, Ceiling, GlobalQueue, InvalidGuard};
 use super::hash::{FastSet, Map};
 use super::wait::{Queue, Waiter};
 use super::{AuthHash, Config};
@@ -108,7 +108,17 @@ pub(crate) struct Counts {
     pub(crate) waiters: usize,
     pub(crate) in_flight: usize,
     pub(crate) invalid: Vec<(AuthHash, u32)>,
+    pub(crate) invalid_total: u32,
     pub(crate) throttled: usize,
+}
+
+/// The store's answer to a request no limit applies to.
+#[derive(Debug)]
+pub(crate) enum Pass {
+    Go,
+    /// An invalid-request ceiling holds it: wait in this queue, woken when
+    /// a request in flight ends, and ask again.
+    Wait(Arc<Queue>),
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +126,15 @@ pub(crate) struct Manager {
     routes: Map<Route, Arc<str>>,
     buckets: Map<BucketKey, Entry>,
     auths: Map<AuthHash, AuthState>,
+    /// Invalid requests and requests in flight of every authentication,
+    /// against the limiter-wide ceiling.
+    invalid_total: InvalidGuard,
+    /// The queues whose head an invalid-request ceiling holds (by address),
+    /// to wake when a request in flight ends. Weak, so that a bucket's
+    /// entry is not kept in use by it.
+    ceiling_held: Map<usize, Weak<Queue>>,
+    /// Where requests of routes no limit applies to wait on a ceiling.
+    exempt: Arc<Queue>,
 }
 
 impl Manager {
@@ -142,12 +161,15 @@ impl Manager {
             routes,
             buckets,
             auths,
+            invalid_total,
+            ceiling_held,
+            ..
         } = self;
         let global = route.limits() == Limits::All;
         let state = auths
             .entry(auth)
             .or_insert_with(|| AuthState::new(config.global_per_second, now));
-        check_ceiling(state, config, now)?;
+        let held_by_ceiling = check_ceiling(state, invalid_total, config, now)?;
         let throttled = if global { state.throttled(now) } else { None };
 
         let key = key_for(routes, buckets, route, auth, now);
@@ -183,6 +205,12 @@ impl Manager {
         if let Some(until) = entry.bucket.check(now) {
             return Ok(wait(entry, until, false, None));
         }
+        if held_by_ceiling {
+            // Until a request in flight ends (ARCHITECTURE.md §6).
+            let queue = entry.queue();
+            ceiling_held.insert(Arc::as_ptr(queue) as usize, Arc::downgrade(queue));
+            return Ok(wait(entry, None, false, None));
+        }
         let mut holds_global = false;
         if let (true, Some(limit)) = (global, state.limit.as_mut()) {
             if !global_turn && state.queue.is_waited() {
@@ -195,6 +223,8 @@ impl Manager {
             holds_global = true;
         }
         let generation = entry.bucket.take(now);
+        state.invalid.start();
+        invalid_total.start();
         Ok(Acquire::Granted(Grant {
             key,
             route: route.route().clone(),
@@ -204,17 +234,57 @@ impl Manager {
         }))
     }
 
-    /// For a request no limit applies to: fails once the token reached the
-    /// invalid-request ceiling.
-    pub(crate) fn check_ceiling(
+    /// For a request no limit applies to: fails once the token (or the
+    /// limiter) reached its invalid-request ceiling, waits while the
+    /// requests in flight could reach it, and otherwise counts it in flight
+    /// (until [`pass_end`](Self::pass_end)).
+    pub(crate) fn pass(
         &mut self,
         auth: AuthHash,
         config: &Config,
         now: Instant,
-    ) -> Result<(), Error> {
-        match self.auths.get_mut(&auth) {
-            Some(state) => check_ceiling(state, config, now),
-            None => Ok(()),
+    ) -> Result<Pass, Error> {
+        let state = self
+            .auths
+            .entry(auth)
+            .or_insert_with(|| AuthState::new(config.global_per_second, now));
+        if check_ceiling(state, &mut self.invalid_total, config, now)? {
+            let queue = Arc::clone(&self.exempt);
+            self.ceiling_held
+                .insert(Arc::as_ptr(&queue) as usize, Arc::downgrade(&queue));
+            return Ok(Pass::Wait(queue));
+        }
+        state.invalid.start();
+        self.invalid_total.start();
+        Ok(Pass::Go)
+    }
+
+    /// A request let through by [`pass`](Self::pass) was answered (its
+    /// answer seen by `observe_token`) or dropped; `lost` when it was sent
+    /// and its answer will never be seen.
+    pub(crate) fn pass_end(&mut self, auth: AuthHash, lost: bool, now: Instant) {
+        self.end_in_flight(auth, lost, now);
+    }
+
+    /// A request counted in flight against the invalid-request ceilings
+    /// ended. One sent whose answer will never be seen (`lost`: dropped by
+    /// the caller, a transport error) may have reached the server and come
+    /// back invalid: unless the authentication's latest answer was valid,
+    /// it counts as invalid, so that timeouts do not get around a ceiling.
+    fn end_in_flight(&mut self, auth: AuthHash, lost: bool, now: Instant) {
+        self.invalid_total.end();
+        if let Some(state) = self.auths.get_mut(&auth) {
+            state.invalid.end();
+            if lost && !state.known_valid {
+                tracing::debug!(?auth, "request dropped in flight: counted as invalid");
+                state.invalid.add(now);
+                self.invalid_total.add(now);
+            }
+        }
+        for (_, queue) in self.ceiling_held.drain() {
+            if let Some(queue) = queue.upgrade() {
+                queue.notify.notify_waiters();
+            }
         }
     }
 
@@ -236,6 +306,12 @@ impl Manager {
             t.retry_after
                 .or_else(|| [info.retry_after, reset_after].into_iter().flatten().max())
         });
+        if invalid {
+            self.invalid_total.add(now);
+        }
+        if let Some(state) = self.auths.get_mut(&auth) {
+            state.known_valid = !invalid;
+        }
         if invalid || rejected.is_some_and(|t| t.global) {
             let state = self.auth(auth, config, now);
             if invalid {
@@ -254,6 +330,7 @@ impl Manager {
     /// A granted request ended without an answer; `sent` tells whether it
     /// may have reached the server.
     pub(crate) fn release(&mut self, grant: Grant, sent: bool, now: Instant) {
+        self.end_in_flight(grant.key.auth, sent, now);
         if grant.global {
             self.free_global(grant.key.auth, sent, now);
         }
@@ -305,6 +382,7 @@ impl Manager {
         }
         let rejected = info.too_many_requests.as_ref();
         let hold = self.observe_token(key.auth, status, info, config, now);
+        self.end_in_flight(key.auth, false, now);
         let held = match (rejected, hold) {
             (Some(t), Some(_)) => !t.global || throttled_by_global,
             _ => false,
@@ -424,6 +502,7 @@ impl Manager {
             }
         }
         counts.invalid.sort_unstable_by_key(|(a, _)| *a);
+        counts.invalid_total = self.invalid_total.count(now);
         counts
     }
 
@@ -435,8 +514,8 @@ impl Manager {
 
     /// Wakes every waiting head (on close).
     ///
-    /// (Heads waiting on the global limit alone also wait on the close
-    /// signal.)
+    /// (Heads waiting on the global limit alone, and requests of routes no
+    /// limit applies to held by a ceiling, also wait on the close signal.)
     pub(crate) fn notify_all(&self) {
         for e in self.buckets.values() {
             if let Some(queue) = &e.queue {
@@ -446,14 +525,28 @@ impl Manager {
     }
 }
 
-fn check_ceiling(state: &mut AuthState, config: &Config, now: Instant) -> Result<(), Error> {
-    if let Some(ceiling) = config.invalid_ceiling {
-        let count = state.invalid.count(now);
-        if count >= ceiling {
-            return Err(Error::InvalidRequestLimit { count, ceiling });
+/// The invalid-request ceilings (ARCHITECTURE.md §6), the authentication's
+/// and the limiter's: an error once either count reached its ceiling (fail
+/// fast: only time can bring the count down); `true` while the requests in
+/// flight could reach one (wait: they may well come back valid).
+fn check_ceiling(
+    state: &mut AuthState,
+    total: &mut InvalidGuard,
+    config: &Config,
+    now: Instant,
+) -> Result<bool, Error> {
+    let own = state.invalid.check(config.invalid_ceiling, now);
+    let all = total.check(config.invalid_ceiling_total, now);
+    match (own, all) {
+        (Ceiling::Reached { count, ceiling }, _) => {
+            Err(Error::InvalidRequestLimit { count, ceiling })
         }
+        (_, Ceiling::Reached { count, ceiling }) => {
+            Err(Error::InvalidRequestLimitTotal { count, ceiling })
+        }
+        (Ceiling::Held, _) | (_, Ceiling::Held) => Ok(true),
+        (Ceiling::Open, Ceiling::Open) => Ok(false),
     }
-    Ok(())
 }
 
 /// The key a request of `route` waits and takes its slot under.
@@ -489,4 +582,246 @@ fn key_for(
         }
     }
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    use http::Method;
+
+    use super::*;
+    use crate::headers::{Scope, TooManyRequests};
+    use crate::route::DiscordResolver;
+
+    const A: AuthHash = AuthHash(1);
+    const B: AuthHash = AuthHash(2);
+    const C: AuthHash = AuthHash(3);
+
+    fn config(own: Option<u32>, total: Option<u32>) -> Config {
+        Config {
+            max_rate_limit: Duration::from_secs(300),
+            global_per_second: None,
+            expire_after: Duration::from_secs(10),
+            invalid_ceiling: own,
+            invalid_ceiling_total: total,
+            resolver: Arc::new(DiscordResolver),
+        }
+    }
+
+    /// "Create message" in `channel`: an unknown bucket of its own.
+    fn channel(channel: u64) -> CompiledRoute {
+        CompiledRoute::new(Route::new(Method::POST, "/channels/{channel_id}/messages"))
+            .with_major("channel_id", &channel.to_string())
+    }
+
+    /// A grant, or the queue a ceiling (nothing else here) holds it in.
+    fn ask(
+        m: &mut Manager,
+        c: u64,
+        auth: AuthHash,
+        config: &Config,
+        now: Instant,
+    ) -> Result<Result<Grant, Arc<Queue>>, Error> {
+        Ok(
+            match m.acquire(&channel(c), auth, None, false, config, now)? {
+                Acquire::Granted(grant) => Ok(grant),
+                Acquire::Wait { until, queue, .. } => {
+                    assert_eq!(until, None, "held until an answer, not a time");
+                    Err(queue)
+                }
+            },
+        )
+    }
+
+    fn answer(m: &mut Manager, grant: Grant, status: u16, config: &Config, now: Instant) {
+        let status = StatusCode::from_u16(status).unwrap();
+        m.record(grant, status, &RateLimitInfo::default(), config, now);
+    }
+
+    fn in_flight(m: &Manager, auth: AuthHash) -> u32 {
+        m.auths.get(&auth).map_or(0, |a| a.invalid.in_flight())
+    }
+
+    /// ARCHITECTURE.md §6: invalid + in flight never exceeds the ceiling;
+    /// a request over it waits for an answer, and fails once the count
+    /// itself reaches the ceiling.
+    #[test]
+    fn requests_in_flight_count_toward_the_ceiling() {
+        let now = Instant::now();
+        let config = config(Some(3), None);
+        let mut m = Manager::default();
+        let mut grants: Vec<Grant> = (0..3)
+            .map(|c| ask(&mut m, c, A, &config, now).unwrap().unwrap())
+            .collect();
+        assert_eq!(in_flight(&m, A), 3);
+        assert!(ask(&mut m, 3, A, &config, now).unwrap().is_err(), "held");
+
+        answer(&mut m, grants.pop().unwrap(), 401, &config, now);
+        assert_eq!((m.invalid_count(A, now), in_flight(&m, A)), (1, 2));
+        assert!(ask(&mut m, 3, A, &config, now).unwrap().is_err(), "1 + 2");
+
+        answer(&mut m, grants.pop().unwrap(), 200, &config, now);
+        let fourth = ask(&mut m, 3, A, &config, now).unwrap().unwrap();
+        answer(&mut m, fourth, 403, &config, now);
+        assert_eq!((m.invalid_count(A, now), in_flight(&m, A)), (2, 1));
+        assert!(
+            ask(&mut m, 4, A, &config, now).unwrap().is_err(),
+            "one at a time"
+        );
+
+        answer(&mut m, grants.pop().unwrap(), 401, &config, now);
+        let err = ask(&mut m, 4, A, &config, now).unwrap_err();
+        assert_eq!(
+            err,
+            Error::InvalidRequestLimit {
+                count: 3,
+                ceiling: 3
+            }
+        );
+        assert_eq!(in_flight(&m, A), 0);
+        // Another token is not held by A's ceiling.
+        assert!(ask(&mut m, 4, B, &config, now).unwrap().is_ok());
+    }
+
+    /// ARCHITECTURE.md §6: the end of a request in flight wakes the heads a
+    /// ceiling holds, so that they ask again.
+    #[test]
+    fn an_answer_wakes_the_requests_a_ceiling_holds() {
+        let now = Instant::now();
+        let config = config(Some(1), None);
+        let mut m = Manager::default();
+        let first = ask(&mut m, 0, A, &config, now).unwrap().unwrap();
+        let queue = ask(&mut m, 1, A, &config, now).unwrap().unwrap_err();
+        let notified = queue.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(notified.as_mut().poll(&mut cx).is_pending());
+        answer(&mut m, first, 200, &config, now);
+        assert_eq!(notified.as_mut().poll(&mut cx), Poll::Ready(()));
+        assert!(ask(&mut m, 1, A, &config, now).unwrap().is_ok());
+    }
+
+    /// ARCHITECTURE.md §6: a request released unsent is no longer in flight
+    /// and not invalid; one sent and never answered counts as invalid unless
+    /// the token's latest answer was valid.
+    #[test]
+    fn released_requests_leave_and_lost_ones_count_until_the_token_is_known_good() {
+        let now = Instant::now();
+        let config = config(Some(10), Some(100));
+        let mut m = Manager::default();
+        let g = ask(&mut m, 0, A, &config, now).unwrap().unwrap();
+        m.release(g, false, now);
+        assert_eq!((m.invalid_count(A, now), in_flight(&m, A)), (0, 0));
+
+        let g = ask(&mut m, 0, A, &config, now).unwrap().unwrap();
+        m.release(g, true, now);
+        assert_eq!((m.invalid_count(A, now), in_flight(&m, A)), (1, 0));
+        assert_eq!(m.counts(now).invalid_total, 1);
+
+        let g = ask(&mut m, 1, A, &config, now).unwrap().unwrap();
+        answer(&mut m, g, 200, &config, now);
+        let g = ask(&mut m, 2, A, &config, now).unwrap().unwrap();
+        m.release(g, true, now);
+        assert_eq!(m.invalid_count(A, now), 1, "the token is known good");
+
+        let g = ask(&mut m, 3, A, &config, now).unwrap().unwrap();
+        answer(&mut m, g, 401, &config, now);
+        let g = ask(&mut m, 4, A, &config, now).unwrap().unwrap();
+        m.release(g, true, now);
+        assert_eq!(m.invalid_count(A, now), 3, "its latest answer was invalid");
+        assert_eq!(m.counts(now).invalid_total, 3);
+        assert_eq!(m.invalid_total.in_flight(), 0);
+    }
+
+    /// ARCHITECTURE.md §6: the limiter-wide ceiling counts every token's
+    /// invalid requests and requests in flight.
+    #[test]
+    fn the_limiter_wide_ceiling_counts_every_token() {
+        let now = Instant::now();
+        let config = config(None, Some(2));
+        let mut m = Manager::default();
+        let a = ask(&mut m, 0, A, &config, now).unwrap().unwrap();
+        let b = ask(&mut m, 0, B, &config, now).unwrap().unwrap();
+        assert!(ask(&mut m, 0, C, &config, now).unwrap().is_err(), "held");
+        answer(&mut m, a, 401, &config, now);
+        assert!(ask(&mut m, 0, C, &config, now).unwrap().is_err(), "1 + 1");
+        answer(&mut m, b, 403, &config, now);
+        let err = ask(&mut m, 0, C, &config, now).unwrap_err();
+        assert_eq!(
+            err,
+            Error::InvalidRequestLimitTotal {
+                count: 2,
+                ceiling: 2
+            }
+        );
+        let counts = m.counts(now);
+        assert_eq!(counts.invalid_total, 2);
+        assert_eq!(counts.invalid, vec![(A, 1), (B, 1)]);
+        // Until the count slides out of the ten minutes.
+        let later = now + Duration::from_secs(600);
+        assert!(ask(&mut m, 0, C, &config, later).unwrap().is_ok());
+    }
+
+    /// ARCHITECTURE.md §6 and §2.1: a request no limit applies to counts in
+    /// flight too, and waits on the bound like the others.
+    #[test]
+    fn passes_count_in_flight() {
+        let now = Instant::now();
+        let config = config(Some(2), None);
+        let mut m = Manager::default();
+        assert!(matches!(m.pass(A, &config, now), Ok(Pass::Go)));
+        assert!(ask(&mut m, 0, A, &config, now).unwrap().is_ok());
+        assert!(matches!(m.pass(A, &config, now), Ok(Pass::Wait(_))));
+        let status = StatusCode::UNAUTHORIZED;
+        m.observe_token(A, status, &RateLimitInfo::default(), &config, now);
+        m.pass_end(A, false, now);
+        assert_eq!((m.invalid_count(A, now), in_flight(&m, A)), (1, 1));
+        assert!(matches!(m.pass(A, &config, now), Ok(Pass::Wait(_))));
+    }
+
+    /// ARCHITECTURE.md §1: a `shared` 429 is not invalid, for either count;
+    /// a `user` 429 is.
+    #[test]
+    fn shared_429s_are_not_invalid() {
+        let now = Instant::now();
+        let config = config(Some(1), Some(1));
+        let mut m = Manager::default();
+        let info = |scope| RateLimitInfo {
+            too_many_requests: Some(TooManyRequests {
+                scope: Some(scope),
+                retry_after: Some(Duration::from_secs(1)),
+                ..TooManyRequests::default()
+            }),
+            ..RateLimitInfo::default()
+        };
+        for c in 0..5 {
+            let g = ask(&mut m, c, A, &config, now).unwrap().unwrap();
+            m.record(
+                g,
+                StatusCode::TOO_MANY_REQUESTS,
+                &info(Scope::Shared),
+                &config,
+                now,
+            );
+        }
+        assert_eq!(
+            (m.invalid_count(A, now), m.counts(now).invalid_total),
+            (0, 0)
+        );
+        let g = ask(&mut m, 9, A, &config, now).unwrap().unwrap();
+        m.record(
+            g,
+            StatusCode::TOO_MANY_REQUESTS,
+            &info(Scope::User),
+            &config,
+            now,
+        );
+        assert_eq!(
+            (m.invalid_count(A, now), m.counts(now).invalid_total),
+            (1, 1)
+        );
+    }
 }

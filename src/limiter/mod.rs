@@ -31,9 +31,9 @@ mod ticket;
 mod wait;
 
 pub(crate) use hash::FastSet;
-use manager::{Acquire, Manager};
+use manager::{Acquire, Manager, Pass};
 pub(crate) use ticket::Ticket;
-use wait::{wait_turn, Waiter};
+use wait::{wait_pass, wait_turn, Waiter};
 
 /// A hash of an `Authorization` header value: what the limiter keys
 /// authentications by. The raw token is never stored.
@@ -62,6 +62,7 @@ pub(crate) struct Config {
     pub(crate) global_per_second: Option<u32>,
     pub(crate) expire_after: Duration,
     pub(crate) invalid_ceiling: Option<u32>,
+    pub(crate) invalid_ceiling_total: Option<u32>,
     pub(crate) resolver: Arc<dyn RouteResolver>,
 }
 
@@ -72,6 +73,7 @@ impl fmt::Debug for Config {
             .field("global_per_second", &self.global_per_second)
             .field("expire_after", &self.expire_after)
             .field("invalid_ceiling", &self.invalid_ceiling)
+            .field("invalid_ceiling_total", &self.invalid_ceiling_total)
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +95,10 @@ pub struct Stats {
     /// Invalid requests (401, 403, 429 but `shared`) in the last ten
     /// minutes, per authentication that made any.
     pub invalid_requests: Vec<(AuthHash, u32)>,
+    /// Invalid requests of every authentication together in the last ten
+    /// minutes: what Discord's per-IP ban counts, and what
+    /// [`Builder::invalid_request_ceiling_total`] bounds.
+    pub invalid_requests_total: u32,
 }
 
 #[derive(Debug)]
@@ -240,6 +246,7 @@ impl Limiter {
             in_flight: c.in_flight,
             throttled: c.throttled,
             invalid_requests: c.invalid,
+            invalid_requests_total: c.invalid_total,
         }
     }
 
@@ -287,17 +294,26 @@ impl Limiter {
     }
 
     /// A pass for a request no limit applies to: it fails only when the
-    /// limiter is closed or the token reached the invalid-request ceiling,
-    /// and its answer is still counted.
-    pub(crate) fn pass(&self, auth: AuthHash) -> Result<Ticket, Error> {
+    /// limiter is closed or an invalid-request ceiling was reached, waits
+    /// only while the requests in flight could reach one, and its answer is
+    /// still counted.
+    pub(crate) fn pass(&self, auth: AuthHash) -> Result<Start, Error> {
         let shared = &self.shared;
         if shared.is_closed() {
             return Err(Error::Closed);
         }
-        shared
-            .lock()
-            .check_ceiling(auth, &shared.config, Instant::now())?;
-        Ok(Ticket::pass(shared, auth))
+        let answer = shared.lock().pass(auth, &shared.config, Instant::now())?;
+        match answer {
+            Pass::Go => Ok(Start::Go(Ticket::pass(shared, auth))),
+            Pass::Wait(queue) => {
+                tracing::debug!("waiting for the invalid-request ceiling");
+                Ok(Start::Wait(Box::pin(wait_pass(
+                    Arc::clone(shared),
+                    auth,
+                    queue,
+                ))))
+            }
+        }
     }
 
     fn ensure_sweeper(&self) {

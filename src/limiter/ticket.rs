@@ -17,6 +17,8 @@ pub(crate) struct Ticket {
     shared: Arc<Shared>,
     grant: Option<Grant>,
     auth: AuthHash,
+    /// A pass, counted in flight until answered or dropped.
+    pass: bool,
     sent: bool,
 }
 
@@ -35,6 +37,7 @@ impl Ticket {
             shared: Arc::clone(shared),
             auth: grant.key.auth,
             grant: Some(grant),
+            pass: false,
             sent: false,
         }
     }
@@ -45,6 +48,7 @@ impl Ticket {
             shared: Arc::clone(shared),
             grant: None,
             auth,
+            pass: true,
             sent: false,
         }
     }
@@ -72,9 +76,11 @@ impl Ticket {
                 .lock()
                 .record(grant, status, info, &shared.config, now),
             None => {
-                shared
-                    .lock()
-                    .observe_token(self.auth, status, info, &shared.config, now);
+                let mut manager = shared.lock();
+                manager.observe_token(self.auth, status, info, &shared.config, now);
+                if std::mem::take(&mut self.pass) {
+                    manager.pass_end(self.auth, false, now);
+                }
                 false
             }
         }
@@ -85,6 +91,10 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(grant) = self.grant.take() {
             self.shared.lock().release(grant, self.sent, Instant::now());
+        } else if self.pass {
+            self.shared
+                .lock()
+                .pass_end(self.auth, self.sent, Instant::now());
         }
     }
 }

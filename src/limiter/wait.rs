@@ -9,7 +9,7 @@ use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard};
 use tokio::time::Instant;
 
 use super::global::{GlobalQueue, GlobalWaiter};
-use super::manager::{Acquire, BucketKey};
+use super::manager::{Acquire, BucketKey, Pass};
 use super::{AuthHash, Shared, Ticket};
 use crate::error::Error;
 use crate::route::CompiledRoute;
@@ -57,6 +57,36 @@ impl Waiter {
 impl Drop for Waiter {
     fn drop(&mut self) {
         self.queue.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request no limit applies to, held by an invalid-request ceiling: waits
+/// until a request in flight ends, then asks again (ARCHITECTURE.md §6).
+pub(super) async fn wait_pass(
+    shared: Arc<Shared>,
+    auth: AuthHash,
+    queue: Arc<Queue>,
+) -> Result<Ticket, Error> {
+    let closed = shared.close.notified();
+    tokio::pin!(closed);
+    closed.as_mut().enable();
+    loop {
+        // Listen before asking, so that no wake-up is lost between.
+        let notified = queue.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if shared.is_closed() {
+            return Err(Error::Closed);
+        }
+        let answer = shared.lock().pass(auth, &shared.config, Instant::now())?;
+        if let Pass::Go = answer {
+            return Ok(Ticket::pass(&shared, auth));
+        }
+        tokio::select! {
+            biased;
+            _ = &mut closed => return Err(Error::Closed),
+            _ = notified => {}
+        }
     }
 }
 
