@@ -1,17 +1,25 @@
 //! The response body the layer hands back.
 
+use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::headers::RateLimitInfo;
 
-/// How much of a 429's body is read to learn its `retry_after`.
+/// How much of a 429's body, as a whole, is read to learn its
+/// `retry_after`: a longer body is judged by its first 64 KiB.
 const MAX_429_BODY: usize = 64 * 1024;
+
+/// Frames of at most this size are gathered into one piece while a 429's
+/// body is read (a small copy), so that a body of tiny frames costs no more
+/// than its bytes; larger frames are kept as they came, uncopied.
+const SMALL_FRAME: usize = 4 * 1024;
 
 pin_project! {
     /// The inner service's response body, unchanged; for a 429, whose body
@@ -36,7 +44,8 @@ pin_project! {
             body: B,
         },
         Replay {
-            data: Option<Bytes>,
+            // The bytes read: large frames as they came, small ones gathered.
+            data: VecDeque<Bytes>,
             error: Option<B::Error>,
             rest: Option<Pin<Box<B>>>,
             trailers: Option<HeaderMap>,
@@ -61,17 +70,17 @@ impl<B: Body> ResponseBody<B> {
         }
     }
 
-    /// What was read, any error met reading it, what was not read yet, and
-    /// trailers met at the end.
+    /// The data frames read, any error met reading them, what was not read
+    /// yet, and trailers met at the end.
     pub(crate) fn replay(
-        data: Bytes,
+        data: VecDeque<Bytes>,
         error: Option<B::Error>,
         rest: Option<Pin<Box<B>>>,
         trailers: Option<HeaderMap>,
     ) -> Self {
         Self {
             kind: Kind::Replay {
-                data: Some(data).filter(|d| !d.is_empty()),
+                data,
                 error,
                 rest,
                 trailers,
@@ -99,7 +108,7 @@ where
                 rest,
                 trailers,
             } => {
-                if let Some(data) = data.take() {
+                if let Some(data) = data.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 if let Some(error) = error.take() {
@@ -125,7 +134,7 @@ where
                 rest,
                 trailers,
             } => {
-                data.is_none()
+                data.is_empty()
                     && error.is_none()
                     && trailers.is_none()
                     && rest.as_ref().is_none_or(|b| b.is_end_stream())
@@ -137,7 +146,7 @@ where
         match &self.kind {
             Kind::Plain { body } => body.size_hint(),
             Kind::Replay { data, rest, .. } => {
-                let len = data.as_ref().map_or(0, |d| d.len() as u64);
+                let len = data.iter().map(|d| d.len() as u64).sum::<u64>();
                 match rest {
                     None => SizeHint::with_exact(len),
                     Some(b) => {
@@ -157,11 +166,21 @@ where
 
 /// A 429 whose body is being read, to learn its `retry_after` and hand the
 /// caller the same bytes.
+///
+/// Reading stops once 64 KiB of the body as a whole ([`MAX_429_BODY`]) are
+/// in, and only the first 64 KiB are parsed, however the body is framed, so
+/// that the verdict does not depend on the framing. Large frames are kept
+/// as they came (a `Bytes` frame is not copied, whatever its size), small
+/// ones gathered; the caller gets the same bytes back, then the rest.
 pub(crate) struct Read429<B: Body> {
     parts: http::response::Parts,
     info: RateLimitInfo,
     body: Option<Pin<Box<B>>>,
-    buf: BytesMut,
+    frames: VecDeque<Bytes>,
+    /// Small frames gathered since the last piece of `frames`.
+    small: BytesMut,
+    /// Bytes read in all.
+    read: usize,
     error: Option<B::Error>,
     trailers: Option<HeaderMap>,
 }
@@ -173,7 +192,9 @@ impl<B: Body> Read429<B> {
             parts,
             info,
             body: Some(Box::pin(body)),
-            buf: BytesMut::new(),
+            frames: VecDeque::new(),
+            small: BytesMut::new(),
+            read: 0,
             error: None,
             trailers: None,
         }
@@ -181,7 +202,7 @@ impl<B: Body> Read429<B> {
 
     /// Reads until the end, an error, trailers or 64 KiB.
     pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        while self.buf.len() < MAX_429_BODY {
+        while self.read < MAX_429_BODY {
             let Some(body) = self.body.as_mut() else {
                 break;
             };
@@ -193,11 +214,14 @@ impl<B: Body> Read429<B> {
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(mut data) => {
-                        while data.has_remaining() {
-                            let chunk = data.chunk();
-                            self.buf.extend_from_slice(chunk);
-                            let n = chunk.len();
-                            data.advance(n);
+                        let n = data.remaining();
+                        self.read = self.read.saturating_add(n);
+                        if n <= SMALL_FRAME {
+                            self.small.put(data);
+                        } else {
+                            self.gather();
+                            // No copy for `Bytes`, whatever the size.
+                            self.frames.push_back(data.copy_to_bytes(n));
                         }
                     }
                     Err(frame) => {
@@ -212,19 +236,51 @@ impl<B: Body> Read429<B> {
         Poll::Ready(())
     }
 
+    /// Ends the piece of small frames gathered so far.
+    fn gather(&mut self) {
+        if !self.small.is_empty() {
+            self.frames.push_back(self.small.split().freeze());
+        }
+    }
+
     /// What the 429 said, and the response with the same body (without the
     /// [`RateLimitInfo`], to attach once recorded).
-    pub(crate) fn finish(self) -> (Response<ResponseBody<B>>, RateLimitInfo) {
+    pub(crate) fn finish(mut self) -> (Response<ResponseBody<B>>, RateLimitInfo) {
+        self.gather();
         let Self {
             parts,
             mut info,
             body,
-            buf,
+            frames,
             error,
             trailers,
+            ..
         } = self;
-        info.read_429_body(&parts.headers, &buf);
-        let body = ResponseBody::replay(buf.freeze(), error, body, trailers);
+        info.read_429_body(&parts.headers, &prefix(&frames));
+        let body = ResponseBody::replay(frames, error, body, trailers);
         (Response::from_parts(parts, body), info)
+    }
+}
+
+/// The first [`MAX_429_BODY`] bytes of `frames`, in one slice: borrowed when
+/// the first frame holds them all, else copied (at most 64 KiB).
+fn prefix(frames: &VecDeque<Bytes>) -> Cow<'_, [u8]> {
+    let total = frames.iter().map(Bytes::len).fold(0, usize::saturating_add);
+    let want = total.min(MAX_429_BODY);
+    let mut nonempty = frames.iter().filter(|f| !f.is_empty());
+    match nonempty.next() {
+        None => Cow::Borrowed(&[]),
+        Some(first) if first.len() >= want => Cow::Borrowed(&first[..want]),
+        Some(_) => {
+            let mut buf = Vec::with_capacity(want);
+            for frame in frames {
+                let take = (want - buf.len()).min(frame.len());
+                buf.extend_from_slice(&frame[..take]);
+                if buf.len() == want {
+                    break;
+                }
+            }
+            Cow::Owned(buf)
+        }
     }
 }

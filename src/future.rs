@@ -13,7 +13,7 @@ use tower_service::Service;
 use crate::body::Read429;
 use crate::error::Error;
 use crate::headers::RateLimitInfo;
-use crate::limiter::{AuthHash, Limiter, Start, Ticket};
+use crate::limiter::{AuthHash, Limiter, Pending429, Start, Ticket};
 use crate::route::{CompiledRoute, Limits};
 use crate::{BoxError, ResponseBody};
 
@@ -69,9 +69,10 @@ pin_project! {
             fut: S::Future,
             ticket: Option<Ticket>,
         },
+        // A 429's body is read; its headers are recorded already.
         Reading {
             read: Option<Read429<ResBody>>,
-            ticket: Option<Ticket>,
+            pending: Option<Pending429>,
         },
         Done,
     }
@@ -215,11 +216,15 @@ where
                     let info = RateLimitInfo::from_headers(response.headers());
                     let status = response.status();
                     if status == StatusCode::TOO_MANY_REQUESTS {
+                        // Recorded now: a caller that drops the response
+                        // while its body is read loses none of it.
+                        let pending = ticket
+                            .take()
+                            .map(|t| t.record_429(response.headers(), &info));
                         let read = Read429::new(response, info);
-                        let ticket = ticket.take();
                         state.set(State::Reading {
                             read: Some(read),
-                            ticket,
+                            pending,
                         });
                         continue;
                     }
@@ -231,15 +236,15 @@ where
                     state.set(State::Done);
                     return Poll::Ready(Ok(response));
                 }
-                StateProj::Reading { read, ticket } => {
+                StateProj::Reading { read, pending } => {
                     let Some(r) = read.as_mut() else {
                         state.set(State::Failed { error: None });
                         continue;
                     };
                     ready!(r.poll_read(cx));
                     let (mut response, mut info) = read.take().expect("checked above").finish();
-                    if let Some(t) = ticket.take() {
-                        let held = t.record(response.status(), &info);
+                    if let Some(p) = pending.take() {
+                        let held = p.finish(&info);
                         if let Some(rejected) = info.too_many_requests.as_mut() {
                             rejected.held = held;
                         }

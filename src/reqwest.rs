@@ -107,11 +107,14 @@ impl Middleware for RateLimitMiddleware {
             return Ok(response);
         }
 
+        // Recorded now: a caller that drops the future while the body is
+        // read loses none of it.
+        let pending = ticket.record_429(response.headers(), &info);
         let url = response.url().clone();
         let mut read = Read429::new(http::Response::<::reqwest::Body>::from(response), info);
         std::future::poll_fn(|cx| read.poll_read(cx)).await;
         let (response, mut info) = read.finish();
-        let held = ticket.record(status, &info);
+        let held = pending.finish(&info);
         if let Some(rejected) = info.too_many_requests.as_mut() {
             rejected.held = held;
         }

@@ -77,7 +77,7 @@ pub(crate) struct Grant {
     /// Holds a slot of the proactive global limit.
     global: bool,
     /// Whether the global throttle holds this route.
-    throttled_by_global: bool,
+    pub(crate) throttled_by_global: bool,
 }
 
 /// The store's answer to a request for a slot.
@@ -301,11 +301,7 @@ impl Manager {
     ) -> Option<Duration> {
         let rejected = info.too_many_requests.as_ref();
         let invalid = is_invalid_status(status) || rejected.is_some_and(|t| t.is_invalid());
-        let hold = rejected.and_then(|t| {
-            let reset_after = if t.global { None } else { info.reset_after };
-            t.retry_after
-                .or_else(|| [info.retry_after, reset_after].into_iter().flatten().max())
-        });
+        let hold = hold_of(info);
         if invalid {
             self.invalid_total.add(now);
         }
@@ -325,6 +321,52 @@ impl Manager {
             }
         }
         hold
+    }
+
+    /// What a 429 already recorded from its headers (by `record` or
+    /// `observe_token`, without its whole-second `Retry-After`) adds: once
+    /// its body is read, the body's `retry_after` and `global`; dropped
+    /// unread, what its headers alone say. It only extends the bucket's hold
+    /// or the token's throttle, counted from `at` (when the headers came),
+    /// and counts no invalid request nor frees any slot again (§4.7).
+    ///
+    /// `key` is the granted key (`None` for a request no limit applies to).
+    /// Returns whether the 429 is now held, as `record`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn extend_429(
+        &mut self,
+        key: Option<&BucketKey>,
+        auth: AuthHash,
+        throttled_by_global: bool,
+        info: &RateLimitInfo,
+        config: &Config,
+        at: Instant,
+        now: Instant,
+    ) -> bool {
+        let (Some(t), Some(hold)) = (info.too_many_requests.as_ref(), hold_of(info)) else {
+            return false;
+        };
+        if t.global {
+            tracing::debug!(?auth, ?hold, "global 429: throttling every bucket");
+            self.auth(auth, config, now).throttle(at + hold, now);
+            return key.is_some() && throttled_by_global;
+        }
+        let Some(key) = key else { return false };
+        // Where `record` put the answer: the bucket its hash names.
+        let key = match &info.bucket {
+            Some(hash) => BucketKey {
+                id: BucketId::Hash(Arc::from(hash.as_str())),
+                major: key.major.clone(),
+                auth: key.auth,
+            },
+            None => key.clone(),
+        };
+        let entry = self.buckets.entry(key).or_insert_with(|| Entry::new(now));
+        entry
+            .bucket
+            .block(at + hold, t.scope != Some(crate::headers::Scope::Shared));
+        entry.wake();
+        true
     }
 
     /// A granted request ended without an answer; `sent` tells whether it
@@ -523,6 +565,16 @@ impl Manager {
             }
         }
     }
+}
+
+/// How long a 429 holds: its body's `retry_after` (which already takes the
+/// headers' waits into account), else the largest of `Retry-After` and, for a
+/// bucket, `Reset-After`.
+fn hold_of(info: &RateLimitInfo) -> Option<Duration> {
+    let t = info.too_many_requests.as_ref()?;
+    let reset_after = if t.global { None } else { info.reset_after };
+    t.retry_after
+        .or_else(|| [info.retry_after, reset_after].into_iter().flatten().max())
 }
 
 /// The invalid-request ceilings (ARCHITECTURE.md §6), the authentication's

@@ -32,7 +32,7 @@ mod wait;
 
 pub(crate) use hash::FastSet;
 use manager::{Acquire, Manager, Pass};
-pub(crate) use ticket::Ticket;
+pub(crate) use ticket::{Pending429, Ticket};
 use wait::{wait_pass, wait_turn, Waiter};
 
 /// A hash of an `Authorization` header value: what the limiter keys

@@ -3,10 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
-use super::manager::Grant;
+use super::manager::{BucketKey, Grant};
 use super::{AuthHash, Shared};
 use crate::headers::RateLimitInfo;
 
@@ -83,6 +83,112 @@ impl Ticket {
                 }
                 false
             }
+        }
+    }
+
+    /// Records a 429 the moment its headers arrive, before its body is read
+    /// (ARCHITECTURE.md §4.7): the slot is answered, the invalid request
+    /// counted, the bucket held for `Reset-After`, all from the headers
+    /// (`info` and the scope and global headers). What needs the body (its
+    /// precise `retry_after`, `global`) follows through
+    /// [`Pending429::finish`]; if the body is never read, the
+    /// [`Pending429`] dropped records what the headers alone say of it
+    /// (`Retry-After`, `X-RateLimit-Global`).
+    pub(crate) fn record_429(self, headers: &HeaderMap, info: &RateLimitInfo) -> Pending429 {
+        let mut said = info.clone();
+        // Scope and global from the headers; the body is not judged yet.
+        said.read_429_body(headers, b"");
+        if let Some(t) = said.too_many_requests.as_mut() {
+            t.cloudflare = false;
+        }
+        // The whole-second `Retry-After` waits for the body: a precise
+        // `retry_after` there would take its place, and a hold is never
+        // shortened.
+        let mut now_info = said.clone();
+        now_info.retry_after = None;
+        let shared = Arc::clone(&self.shared);
+        let (key, throttled_by_global) = match &self.grant {
+            Some(grant) => (Some(grant.key.clone()), grant.throttled_by_global),
+            None => (None, false),
+        };
+        let auth = self.auth;
+        let at = Instant::now();
+        let held = self.record(StatusCode::TOO_MANY_REQUESTS, &now_info);
+        Pending429 {
+            shared,
+            key,
+            auth,
+            throttled_by_global,
+            held,
+            at,
+            headers: Some(said),
+        }
+    }
+}
+
+/// A 429 recorded from its headers ([`Ticket::record_429`]) whose body is
+/// being read. [`finish`](Self::finish) adds what the body says; dropped
+/// before, it adds what the headers alone say. Either only extends what was
+/// recorded and counts nothing again.
+pub(crate) struct Pending429 {
+    shared: Arc<Shared>,
+    /// The granted key, for a route a limit applies to.
+    key: Option<BucketKey>,
+    auth: AuthHash,
+    throttled_by_global: bool,
+    /// Held by what the headers said.
+    held: bool,
+    /// When the headers came: the waits count from then.
+    at: Instant,
+    /// What the headers alone say, until the body is read.
+    headers: Option<RateLimitInfo>,
+}
+
+impl fmt::Debug for Pending429 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pending429")
+            .field("key", &self.key)
+            .field("held", &self.held)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pending429 {
+    /// The body was read: `info` says all of the 429. Returns whether it is
+    /// held by the limiter (see [`TooManyRequests::held`]).
+    ///
+    /// [`TooManyRequests::held`]: crate::TooManyRequests::held
+    pub(crate) fn finish(mut self, info: &RateLimitInfo) -> bool {
+        self.headers = None;
+        if info
+            .too_many_requests
+            .as_ref()
+            .is_some_and(|t| t.cloudflare)
+        {
+            tracing::debug!("429 body is not JSON: likely Cloudflare");
+        }
+        let extended = self.extend(info);
+        self.held || extended
+    }
+
+    fn extend(&self, info: &RateLimitInfo) -> bool {
+        let shared = &self.shared;
+        shared.lock().extend_429(
+            self.key.as_ref(),
+            self.auth,
+            self.throttled_by_global,
+            info,
+            &shared.config,
+            self.at,
+            Instant::now(),
+        )
+    }
+}
+
+impl Drop for Pending429 {
+    fn drop(&mut self) {
+        if let Some(info) = self.headers.take() {
+            self.extend(&info);
         }
     }
 }

@@ -26,11 +26,13 @@
 #![allow(dead_code)]
 
 mod clock;
+mod frames;
 mod log;
 mod response;
 mod route;
 mod seen;
 mod server;
+mod stall;
 mod state;
 mod wire;
 
@@ -46,6 +48,8 @@ use tokio::time::Instant;
 #[allow(unused_imports)]
 pub use self::clock::{gaps, settle, tick_clock, within, HANG, TICK};
 #[allow(unused_imports)]
+pub use self::frames::{steps, FrameError, Frames, Step};
+#[allow(unused_imports)]
 pub use self::log::{BucketKey, LoggedRequest, Scope, WindowCount};
 #[allow(unused_imports)]
 pub use self::response::{limited_body, Override, RATE_LIMITED_MESSAGE};
@@ -55,6 +59,8 @@ pub use self::route::{derived_hash, Route, INTERACTION_TOKEN_PREFIX};
 pub use self::seen::Seen;
 #[allow(unused_imports)]
 pub use self::server::{body_string, client, request, SimService};
+#[allow(unused_imports)]
+pub use self::stall::{serve_stalling, Stall, StallBody, StallControl, STALL_AFTER};
 #[allow(unused_imports)]
 pub use self::state::{BucketConfig, GLOBAL_WINDOW};
 #[allow(unused_imports)]
