@@ -27,6 +27,7 @@
 
 mod clock;
 mod log;
+mod recorder;
 mod response;
 mod route;
 mod seen;
@@ -47,6 +48,8 @@ use tokio::time::Instant;
 pub use self::clock::{gaps, settle, tick_clock, within, HANG, TICK};
 #[allow(unused_imports)]
 pub use self::log::{BucketKey, LoggedRequest, Scope, WindowCount};
+#[allow(unused_imports)]
+pub use self::recorder::{record_events, Recorder};
 #[allow(unused_imports)]
 pub use self::response::{limited_body, Override, RATE_LIMITED_MESSAGE};
 #[allow(unused_imports)]
