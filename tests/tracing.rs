@@ -3,16 +3,14 @@
 //! through a tiny hand-written `tracing::Subscriber` that records every event
 //! (and span) as text.
 //!
-//! The subscriber is the thread's default (`tracing::subscriber::set_default`)
+//! The subscriber (`support::record_events`) is the thread's default (`tracing::subscriber::set_default`)
 //! in a current-thread paused-clock test, so it sees the events of every task
 //! spawned on the runtime too. Real HTTP to the simulated Discord server goes
 //! through [`Net`], so round trips take no virtual time.
 
 mod support;
 
-use std::fmt::{self, Write as _};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,11 +20,6 @@ use support::{client, limited_body, messages, request, Net, Override, MESSAGES_H
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 use tower_rest_ratelimit::{RateLimit, RateLimitLayer};
-use tracing::field::{Field, Visit};
-use tracing::level_filters::LevelFilter;
-use tracing::span::{Attributes, Id, Record};
-use tracing::subscriber::Interest;
-use tracing::{Event, Metadata, Subscriber};
 
 /// The bot token (`Authorization: Bot SECRET.BOT.TOKEN`).
 const BOT_TOKEN: &str = "SECRET.BOT.TOKEN";
@@ -52,77 +45,6 @@ const SECRETS: [&str; 6] = [
 ];
 /// The bucket hash a scripted answer switches the messages route to.
 const REMAPPED: &str = "remapped-messages-bucket";
-
-/// Records every event as `message | target | name=value ...`, and every
-/// span's fields as `span name | target | name=value ...`.
-struct Recorder {
-    lines: Arc<Mutex<Vec<String>>>,
-    next_id: AtomicU64,
-}
-
-/// Formats the fields it visits; the `message` field apart.
-#[derive(Default)]
-struct Fields {
-    message: String,
-    rest: String,
-}
-
-impl Visit for Fields {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            let _ = write!(self.message, "{value:?}");
-        } else {
-            let _ = write!(self.rest, " {}={value:?}", field.name());
-        }
-    }
-}
-
-impl Recorder {
-    fn push(&self, head: &str, target: &str, fields: Fields) {
-        let line = format!("{head}{} | {target} |{}", fields.message, fields.rest);
-        self.lines.lock().unwrap().push(line);
-    }
-}
-
-impl Subscriber for Recorder {
-    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
-        Interest::always()
-    }
-
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-
-    fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(LevelFilter::TRACE)
-    }
-
-    fn new_span(&self, span: &Attributes<'_>) -> Id {
-        let mut fields = Fields::default();
-        span.record(&mut fields);
-        let meta = span.metadata();
-        self.push(&format!("span {}", meta.name()), meta.target(), fields);
-        Id::from_u64(self.next_id.fetch_add(1, Ordering::Relaxed) + 1)
-    }
-
-    fn record(&self, _: &Id, values: &Record<'_>) {
-        let mut fields = Fields::default();
-        values.record(&mut fields);
-        self.push("span record", "", fields);
-    }
-
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-
-    fn event(&self, event: &Event<'_>) {
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        self.push("", event.metadata().target(), fields);
-    }
-
-    fn enter(&self, _: &Id) {}
-
-    fn exit(&self, _: &Id) {}
-}
 
 /// The layer over the transport, and the simulator's address.
 struct Client {
@@ -175,12 +97,7 @@ fn user_429(secs: u64) -> Override {
 /// malformed headers, on routes with webhook and interaction tokens; returns
 /// everything recorded meanwhile.
 async fn record_a_session() -> Vec<String> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let recorder = Recorder {
-        lines: Arc::clone(&lines),
-        next_id: AtomicU64::new(0),
-    };
-    let _guard = tracing::subscriber::set_default(recorder);
+    let (_guard, lines) = support::record_events();
 
     let (sim, addr) = support::Simulator::new().start();
     let c = Client {

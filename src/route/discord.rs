@@ -14,11 +14,18 @@ const INTERACTION_TOKEN_PREFIX: &str = "aW50ZXJhY3Rpb24";
 
 /// Compiles Discord REST paths.
 ///
-/// - strips `/api` and `/vN`;
-/// - turns ids into `{name}` parameters named after the segment before them
-///   (`/channels/123` → `/channels/{channel_id}`), the segment after
-///   `reactions` into `{emoji}`, and the token after a webhook or interaction
-///   id into `{webhook_token}` / `{interaction_token}`;
+/// - strips `/api` and `/vN` (and any proxy prefix before `/api`);
+/// - keeps the fixed segments of Discord's paths and turns every other
+///   segment into a parameter, so that a template holds only known literals
+///   and parameter names, never raw text (a token, a code, a name):
+///   - an id becomes `{name_id}`, named after the known literal before it
+///     (`/channels/123` → `/channels/{channel_id}`), or `{id}` after anything
+///     else;
+///   - the segment after `reactions` becomes `{emoji}`, after `invites` or
+///     `templates` `{code}`, and the token after a webhook or interaction id
+///     `{webhook_token}` / `{interaction_token}`;
+///   - any other segment becomes `{param}`, and whatever follows the 16th
+///     segment one `{rest}`;
 /// - takes the id after a leading `channels`, `guilds` or `webhooks` as the
 ///   major parameter, with the webhook token (hashed) when there is one;
 /// - exempts `POST /interactions/{id}/{token}/callback` and
@@ -56,9 +63,152 @@ fn is_version(seg: &str) -> bool {
     seg.len() > 1 && seg.starts_with('v') && seg[1..].bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Pushes `{name_id}` for an id after `word`: `channels` → `{channel_id}`,
-/// `entries` → `{entry_id}`, nothing before it → `{id}`.
-fn push_param(template: &mut String, word: &str) {
+/// Defines `LITERALS`, the list, and `literal`, a `match` over it (the
+/// compiler turns it into a few integer comparisons by length, cheaper
+/// than a search over the list).
+macro_rules! literals {
+    ($($word:literal),* $(,)?) => {
+        /// Every fixed segment of Discord's REST paths. A segment that is
+        /// not here (a token, a code, a name, a path Discord added later)
+        /// never reaches a template: it becomes `{param}`.
+        #[cfg(test)]
+        const LITERALS: &[&str] = &[$($word),*];
+
+        /// The known literal `seg` is, if any.
+        fn literal(seg: &str) -> Option<&'static str> {
+            match seg {
+                $($word => Some($word),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+// The fixed segments of every path in Discord's OpenAPI description
+// (github.com/discord/discord-api-spec), and `attachments`, `authorize`,
+// `mfa`, `nick` and `revoke`, documented elsewhere. Sorted.
+literals![
+    "@me",
+    "@original",
+    "active",
+    "activity-instances",
+    "answers",
+    "applications",
+    "archived",
+    "attachment",
+    "attachments",
+    "audit-logs",
+    "authorize",
+    "auto-moderation",
+    "bans",
+    "bot",
+    "bulk",
+    "bulk-ban",
+    "bulk-delete",
+    "callback",
+    "channel-linking",
+    "channels",
+    "commands",
+    "connections",
+    "consume",
+    "counts",
+    "crosspost",
+    "dms",
+    "emojis",
+    "entitlements",
+    "exceptions",
+    "expire",
+    "followers",
+    "gateway",
+    "github",
+    "guilds",
+    "incident-actions",
+    "integrations",
+    "interactions",
+    "invites",
+    "job-status",
+    "keys",
+    "lobbies",
+    "member",
+    "member-counts",
+    "members",
+    "messages",
+    "metadata",
+    "mfa",
+    "moderation-metadata",
+    "new-member-welcome",
+    "nick",
+    "oauth2",
+    "onboarding",
+    "partner-sdk",
+    "permissions",
+    "pins",
+    "polls",
+    "preview",
+    "private",
+    "provisional-accounts",
+    "prune",
+    "public",
+    "reactions",
+    "recipients",
+    "regions",
+    "requests",
+    "revoke",
+    "role-connection",
+    "role-connections",
+    "roles",
+    "rules",
+    "scheduled-events",
+    "search",
+    "send-soundboard-sound",
+    "skus",
+    "slack",
+    "soundboard-default-sounds",
+    "soundboard-sounds",
+    "stage-instances",
+    "sticker-packs",
+    "stickers",
+    "subscriptions",
+    "target-users",
+    "templates",
+    "thread-members",
+    "threads",
+    "token",
+    "typing",
+    "unmerge",
+    "userinfo",
+    "users",
+    "vanity-url",
+    "voice",
+    "voice-states",
+    "voice-status",
+    "webhooks",
+    "welcome-screen",
+    "widget",
+    "widget.json",
+    "widget.png",
+];
+
+/// What a segment was taken for, as far as the segments after it care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seg {
+    /// A literal the resolver knows.
+    Literal(&'static str),
+    /// An id.
+    Id,
+    /// Nothing (the start), or a parameter that is not an id: a token, a
+    /// code, an emoji, an unknown segment. Its raw text is never used.
+    Other,
+}
+
+/// Pushes `{name_id}` for an id after the known literal `word`: `channels`
+/// → `{channel_id}`, `entries` → `{entry_id}`; after anything else → `{id}`.
+/// The name is only ever made from a known literal, never from raw text.
+fn push_param(template: &mut String, prev: Seg) {
+    let Seg::Literal(word) = prev else {
+        template.push_str("{id}");
+        return;
+    };
     template.push('{');
     if let Some(stem) = word.strip_suffix("ies") {
         template.push_str(stem);
@@ -66,8 +216,12 @@ fn push_param(template: &mut String, word: &str) {
     } else {
         template.push_str(word.strip_suffix('s').unwrap_or(word));
     }
-    template.push_str(if word.is_empty() { "id}" } else { "_id}" });
+    template.push_str("_id}");
 }
+
+/// Segments a template spells out; Discord's longest path has 7 after
+/// `/api/vN`.
+const MAX_SEGMENTS: usize = 16;
 
 /// Templates seen on this thread, so that resolving a known route
 /// allocates nothing.
@@ -93,17 +247,6 @@ fn intern(build: impl FnOnce(&mut String)) -> Arc<str> {
         set.insert(Arc::clone(&template));
         template
     })
-}
-
-/// Whether a literal segment is kept as it is: a short word of lowercase
-/// letters, digits and `@._-`, as every fixed part of Discord's paths is.
-/// Anything else (a code, a token, a name) becomes a parameter, so that it
-/// neither splits a route nor shows up in logs.
-fn is_word(seg: &str) -> bool {
-    seg.len() <= 32
-        && seg
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"@._-".contains(&b))
 }
 
 fn resolve(method: &Method, path: &str) -> CompiledRoute {
@@ -135,7 +278,7 @@ fn resolve(method: &Method, path: &str) -> CompiledRoute {
     let mut count = 0;
 
     let template = intern(|template| {
-        let (mut prev, mut prev2) = ("", "");
+        let (mut prev, mut prev2) = (Seg::Other, Seg::Other);
         for (i, seg) in segments().skip(skip).enumerate() {
             match i {
                 0 => top = seg,
@@ -144,13 +287,22 @@ fn resolve(method: &Method, path: &str) -> CompiledRoute {
                 _ => {}
             }
             count = i + 1;
+            if i >= MAX_SEGMENTS {
+                // A path longer than any of Discord's: the rest is one
+                // parameter, so that a template stays short.
+                if i == MAX_SEGMENTS {
+                    template.push_str("/{rest}");
+                }
+                continue;
+            }
             template.push('/');
-            let after_id = is_id(prev);
-            if prev == "reactions" {
+            let kind = if prev == Seg::Literal("reactions") {
                 template.push_str("{emoji}");
-            } else if prev == "invites" || prev == "templates" {
+                Seg::Other
+            } else if matches!(prev, Seg::Literal("invites" | "templates")) {
                 template.push_str("{code}");
-            } else if after_id && prev2 == "webhooks" && !is_id(seg) {
+                Seg::Other
+            } else if prev == Seg::Id && prev2 == Seg::Literal("webhooks") && !is_id(seg) {
                 template.push_str("{webhook_token}");
                 if i == 2 {
                     secret = Some(seg);
@@ -158,10 +310,17 @@ fn resolve(method: &Method, path: &str) -> CompiledRoute {
                 if seg.starts_with(INTERACTION_TOKEN_PREFIX) {
                     limits = Limits::BucketOnly;
                 }
-            } else if after_id && prev2 == "interactions" {
+                Seg::Other
+            } else if prev == Seg::Id && prev2 == Seg::Literal("interactions") {
                 template.push_str("{interaction_token}");
+                Seg::Other
             } else if is_id(seg) {
-                push_param(template, if prev2 == "reactions" { "users" } else { prev });
+                let after = if prev2 == Seg::Literal("reactions") {
+                    Seg::Literal("users")
+                } else {
+                    prev
+                };
+                push_param(template, after);
                 if i == 1 {
                     major = match top {
                         "channels" => Some(("channel_id", seg)),
@@ -170,12 +329,15 @@ fn resolve(method: &Method, path: &str) -> CompiledRoute {
                         _ => None,
                     };
                 }
-            } else if is_word(seg) {
-                template.push_str(seg);
+                Seg::Id
+            } else if let Some(word) = literal(seg) {
+                template.push_str(word);
+                Seg::Literal(word)
             } else {
                 template.push_str("{param}");
-            }
-            (prev2, prev) = (prev, seg);
+                Seg::Other
+            };
+            (prev2, prev) = (prev, kind);
         }
         if template.is_empty() {
             template.push('/');
@@ -337,6 +499,144 @@ mod tests {
         // An unknown shape still keeps odd segments out of the template.
         let c = r(Method::GET, "/somewhere/Bot.SECRETX.token/x");
         assert!(!c.route().template().contains("SECRETX"), "{c}");
+    }
+
+    /// ARCHITECTURE.md §1 (Route), §2.1: an id after a token, a code, an
+    /// emoji, another id or any segment the resolver does not know gets a
+    /// generic name, never one made from the raw text before it.
+    #[test]
+    fn no_name_is_made_from_raw_text() {
+        for (method, path, template) in [
+            (
+                Method::POST,
+                "/api/v10/webhooks/1/TOKEN/123",
+                "/webhooks/{webhook_id}/{webhook_token}/{id}",
+            ),
+            (
+                Method::GET,
+                "/api/v10/webhooks/1/TOKEN/messages/123",
+                "/webhooks/{webhook_id}/{webhook_token}/messages/{message_id}",
+            ),
+            (
+                Method::POST,
+                "/api/v10/interactions/1/TOKEN/123",
+                "/interactions/{interaction_id}/{interaction_token}/{id}",
+            ),
+            (
+                Method::GET,
+                "/api/v10/invites/CODE/123",
+                "/invites/{code}/{id}",
+            ),
+            (
+                Method::GET,
+                "/api/v10/guilds/templates/CODE/123",
+                "/guilds/templates/{code}/{id}",
+            ),
+            (Method::GET, "/api/v10/TOKEN/123", "/{param}/{id}"),
+            (Method::GET, "/TOKEN/123", "/{param}/{id}"),
+            (
+                Method::GET,
+                "/api/v10/channels/1/2",
+                "/channels/{channel_id}/{id}",
+            ),
+            (Method::GET, "/x/1/2/3", "/{param}/{id}/{id}/{id}"),
+            (
+                Method::GET,
+                "/api/v10/channels/1/secret/2",
+                "/channels/{channel_id}/{param}/{id}",
+            ),
+            (
+                Method::GET,
+                "/api/v10/channels/1/messages/2/reactions/TOKEN/TOKEN/3",
+                "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/{param}/{id}",
+            ),
+        ] {
+            let c = r(method, path);
+            assert_eq!(c.route().template(), template, "{path}");
+        }
+    }
+
+    #[test]
+    fn literals_are_sorted_and_lowercase() {
+        assert!(
+            LITERALS.windows(2).all(|w| w[0] < w[1]),
+            "sorted, no duplicate"
+        );
+        for word in LITERALS {
+            assert_eq!(literal(word), Some(*word));
+            assert!(word
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"@._-".contains(&b)));
+        }
+        assert_eq!(literal("Channels"), None);
+        assert_eq!(literal(""), None);
+    }
+
+    /// ARCHITECTURE.md §1 (Route): a template stays short however long the
+    /// path; the segments past the 16th are one `{rest}`.
+    #[test]
+    fn long_paths_make_short_templates() {
+        let long = "/channels/1".to_owned() + &"/messages/2".repeat(5_000);
+        let c = r(Method::GET, &long);
+        let template = c.route().template();
+        assert_eq!(template.split('/').count(), MAX_SEGMENTS + 2, "{template}");
+        assert!(template.ends_with("/{rest}"), "{template}");
+        assert_eq!(c.major().value().as_deref(), Some("channel_id=1"));
+        let other = long.replace("/messages/2", "/SECRETX/2");
+        assert!(!r(Method::GET, &other)
+            .route()
+            .template()
+            .contains("SECRETX"));
+        // Exactly 16 segments is spelled out.
+        let sixteen = "/channels/1".to_owned() + &"/messages/2".repeat(7);
+        assert!(!r(Method::GET, &sixteen)
+            .route()
+            .template()
+            .contains("{rest}"));
+    }
+
+    /// Whether `part` of a template is a known literal or a parameter name
+    /// the resolver makes.
+    fn known_part(part: &str) -> bool {
+        let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) else {
+            return literal(part).is_some();
+        };
+        let fixed = [
+            "id",
+            "param",
+            "emoji",
+            "code",
+            "rest",
+            "webhook_token",
+            "interaction_token",
+        ];
+        fixed.contains(&name)
+            || name.strip_suffix("_id").is_some_and(|stem| {
+                LITERALS.iter().any(|w| match w.strip_suffix("ies") {
+                    Some(s) => format!("{s}y") == stem,
+                    None => w.strip_suffix('s').unwrap_or(w) == stem,
+                })
+            })
+    }
+
+    /// Paths of any text: non-ASCII, empty segments, `?`, ids, literals.
+    const ANY_PATH: &str = "(/|//|/api|/v9|[^/]{0,12}|/[0-9]{1,22}|/channels|/webhooks\
+                            |/reactions|/invites|/interactions|/@me|/oauth2|/users){0,24}";
+
+    proptest::proptest! {
+        /// ARCHITECTURE.md §1 (Route): any text at all resolves without a
+        /// panic into a template of known literals and parameter names only.
+        #[test]
+        fn any_text_resolves_to_known_parts(path in ANY_PATH) {
+            let c = r(Method::POST, &path);
+            let template = c.route().template();
+            proptest::prop_assert!(template.starts_with('/'));
+            if template != "/" {
+                for part in template.split('/').skip(1) {
+                    proptest::prop_assert!(known_part(part), "{:?}: {}", path, template);
+                }
+            }
+        }
     }
 
     #[test]

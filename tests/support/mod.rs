@@ -28,6 +28,7 @@
 mod clock;
 mod frames;
 mod log;
+mod recorder;
 mod response;
 mod route;
 mod seen;
@@ -51,6 +52,8 @@ pub use self::clock::{gaps, settle, tick_clock, within, HANG, TICK};
 pub use self::frames::{steps, FrameError, Frames, Step};
 #[allow(unused_imports)]
 pub use self::log::{BucketKey, LoggedRequest, Scope, WindowCount};
+#[allow(unused_imports)]
+pub use self::recorder::{record_events, Recorder};
 #[allow(unused_imports)]
 pub use self::response::{limited_body, Override, RATE_LIMITED_MESSAGE};
 #[allow(unused_imports)]
