@@ -74,6 +74,8 @@ pub(crate) struct Grant {
     pub(crate) key: BucketKey,
     pub(crate) route: Route,
     generation: u32,
+    /// The store's epoch at the grant: which remaps came after it.
+    epoch: u64,
     /// Holds a slot of the proactive global limit.
     global: bool,
     /// Whether the global throttle holds this route.
@@ -111,11 +113,30 @@ pub(crate) struct Counts {
     pub(crate) throttled: usize,
 }
 
+/// Requests in flight under one key, counted too in the bucket they were
+/// carried to when their route was remapped (ARCHITECTURE.md §4.5).
+#[derive(Debug)]
+struct Carry {
+    /// The epoch of the remap: requests granted before it were carried.
+    epoch: u64,
+    to: BucketKey,
+    /// Carried requests still in flight.
+    left: u32,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Manager {
     routes: Map<Route, Arc<str>>,
     buckets: Map<BucketKey, Entry>,
     auths: Map<AuthHash, AuthState>,
+    /// Bumped by every remap and every carry, so that a grant knows which
+    /// came after it.
+    epoch: u64,
+    /// Carried requests still in flight, by the key they were granted under.
+    carries: Map<BucketKey, Vec<Carry>>,
+    /// The epoch of each route's last remap: an answer to a request granted
+    /// before it names a hash the route no longer has.
+    remaps: Map<Route, u64>,
 }
 
 impl Manager {
@@ -142,6 +163,8 @@ impl Manager {
             routes,
             buckets,
             auths,
+            epoch,
+            ..
         } = self;
         let global = route.limits() == Limits::All;
         let state = auths
@@ -199,6 +222,7 @@ impl Manager {
             key,
             route: route.route().clone(),
             generation,
+            epoch: *epoch,
             global: holds_global,
             throttled_by_global: global,
         }))
@@ -261,6 +285,39 @@ impl Manager {
             entry.bucket.release(grant.generation, sent);
             entry.wake();
         }
+        self.end_carried(&grant.key, grant.epoch);
+    }
+
+    /// A request granted under `key` at `epoch` ended: it ends too in every
+    /// bucket it was carried to (and on from there).
+    fn end_carried(&mut self, key: &BucketKey, epoch: u64) {
+        if self.carries.is_empty() {
+            return;
+        }
+        let mut seen: Vec<BucketKey> = Vec::new();
+        let mut next = vec![key.clone()];
+        while let Some(from) = next.pop() {
+            if seen.contains(&from) {
+                continue;
+            }
+            let Some(list) = self.carries.get_mut(&from) else {
+                seen.push(from);
+                continue;
+            };
+            for carry in list.iter_mut().filter(|c| c.epoch > epoch && c.left > 0) {
+                carry.left -= 1;
+                if let Some(entry) = self.buckets.get_mut(&carry.to) {
+                    entry.bucket.release(0, true);
+                    entry.wake();
+                }
+                next.push(carry.to.clone());
+            }
+            list.retain(|c| c.left > 0);
+            if list.is_empty() {
+                self.carries.remove(&from);
+            }
+            seen.push(from);
+        }
     }
 
     /// Frees the global slot of an answered (or sent and dropped) or unsent
@@ -297,6 +354,7 @@ impl Manager {
             key,
             route,
             generation,
+            epoch,
             global,
             throttled_by_global,
         } = grant;
@@ -315,53 +373,95 @@ impl Manager {
 
         // The route's bucket hash, learned or changed.
         let mut target = None;
+        // Whether the requests in flight under this key go with the route
+        // to its new bucket: they are the route's own.
+        let mut carry = false;
+        let mut stale = false;
         if let Some(hash) = &info.bucket {
             let hash = hash.as_str();
-            let known = match self.routes.get(&route) {
-                Some(old) if **old == *hash => Arc::clone(old),
+            let current = self.routes.get(&route);
+            // An answer to a request granted before the route's last remap
+            // names a hash the route has left: it is not followed back.
+            stale = current.is_some_and(|c| **c != *hash)
+                && self.remaps.get(&route).is_some_and(|e| epoch < *e);
+            if stale {
+                tracing::debug!(%route, bucket = %hash, "answer from before the route's remap: not followed");
+            }
+            let known = match current {
+                _ if stale => None,
+                Some(current) if **current == *hash => Some(Arc::clone(current)),
                 old => {
+                    carry = match &key.id {
+                        BucketId::Route(r) => *r == route,
+                        BucketId::Hash(h) => old.is_some_and(|old| old == h),
+                    };
+                    let hash: Arc<str> = Arc::from(hash);
                     match old {
-                        Some(old) => tracing::debug!(%route, %old, new = %hash, "bucket remapped"),
+                        Some(old) => {
+                            tracing::debug!(%route, %old, new = %hash, "bucket remapped");
+                            self.epoch += 1;
+                            self.remaps.insert(route.clone(), self.epoch);
+                        }
                         None => tracing::debug!(%route, bucket = %hash, "bucket learned"),
                     }
-                    let hash: Arc<str> = Arc::from(hash);
                     self.routes.insert(route, Arc::clone(&hash));
-                    hash
+                    Some(hash)
                 }
             };
-            if !matches!(&key.id, BucketId::Hash(h) if **h == *known) {
-                target = Some(BucketKey {
-                    id: BucketId::Hash(known),
-                    major: key.major.clone(),
-                    auth: key.auth,
-                });
+            if let Some(known) = known {
+                if !matches!(&key.id, BucketId::Hash(h) if **h == *known) {
+                    target = Some(BucketKey {
+                        id: BucketId::Hash(known),
+                        major: key.major.clone(),
+                        auth: key.auth,
+                    });
+                }
             }
         }
 
         let moved = target.is_some();
-        let mut own = self.buckets.get_mut(&key);
-        if let Some(entry) = own.as_mut() {
+        let mut carried = 0;
+        if let Some(entry) = self.buckets.get_mut(&key) {
             entry.bucket.release(generation, true);
             entry.wake();
+            if carry && moved {
+                carried = entry.bucket.in_flight();
+            }
         }
+        self.end_carried(&key, epoch);
         let entry = match target {
-            None => match own {
+            None => match self.buckets.get_mut(&key) {
                 Some(entry) => entry,
                 None => return held,
             },
-            Some(target) => match self.buckets.entry(target) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    tracing::debug!(bucket = ?e.key().id, major = ?e.key().major, "bucket created");
-                    e.insert(Entry::new(now))
+            Some(target) => {
+                if carried > 0 {
+                    // They land in the new bucket: count them there (the old
+                    // one keeps counting them too until they answer).
+                    self.epoch += 1;
+                    tracing::debug!(carried, "requests in flight carried to the new bucket");
+                    self.carries.entry(key.clone()).or_default().push(Carry {
+                        epoch: self.epoch,
+                        to: target.clone(),
+                        left: carried,
+                    });
                 }
-            },
+                let entry = match self.buckets.entry(target) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        tracing::debug!(bucket = ?e.key().id, major = ?e.key().major, "bucket created");
+                        e.insert(Entry::new(now))
+                    }
+                };
+                entry.bucket.carry_in(carried);
+                entry
+            }
         };
         let bucket = &mut entry.bucket;
         // A bucket still known by its route learns limits only with the
         // hash that names them (and then they go to that bucket): until
         // then it stays one request at a time.
-        let named = matches!(key.id, BucketId::Hash(_)) || info.bucket.is_some();
+        let named = !stale && (matches!(key.id, BucketId::Hash(_)) || info.bucket.is_some());
         match (rejected, hold) {
             (Some(t), Some(hold)) if !t.global => {
                 bucket.block(now + hold, t.scope != Some(crate::headers::Scope::Shared))
@@ -400,6 +500,8 @@ impl Manager {
             })
             .collect();
         self.routes.retain(|_, hash| live.contains(hash));
+        self.remaps
+            .retain(|route, _| self.routes.contains_key(route));
         self.auths.retain(|_, a| !a.is_idle(now));
         before - self.buckets.len()
     }
@@ -414,6 +516,14 @@ impl Manager {
             counts.waiters += e.waiters();
             counts.in_flight += e.bucket.in_flight() as usize;
         }
+        // A carried request counts in two buckets; once here.
+        let carried: usize = self
+            .carries
+            .values()
+            .flatten()
+            .map(|c| c.left as usize)
+            .sum();
+        counts.in_flight = counts.in_flight.saturating_sub(carried);
         for (auth, state) in &mut self.auths {
             let n = state.invalid.count(now);
             if n > 0 {
