@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{Method, StatusCode};
 use tokio::time::Instant;
 
 use super::bucket::Bucket;
@@ -566,6 +566,29 @@ fn check_ceiling(state: &mut AuthState, config: &Config, now: Instant) -> Result
     Ok(())
 }
 
+/// The template of Discord's own-reaction routes, whose `PUT` and `DELETE`
+/// share one bucket.
+const OWN_REACTION: &str = "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me";
+
+/// The route Discord is known to share a bucket with (ARCHITECTURE.md
+/// §4.6): the same template under another method. A short table on
+/// purpose: a wrong guess costs a first request's wait.
+fn shared_sibling(route: &Route) -> Option<Route> {
+    let sibling = match *route.method() {
+        Method::PUT => Method::DELETE,
+        Method::DELETE => Method::PUT,
+        _ => return None,
+    };
+    (route.template() == OWN_REACTION).then(|| route.with_method(sibling))
+}
+
+/// Something flies, waits or is held at this key.
+fn busy(buckets: &Map<BucketKey, Entry>, key: &BucketKey, now: Instant) -> bool {
+    buckets.get(key).is_some_and(|e| {
+        e.bucket.in_flight() > 0 || e.waiters() > 0 || e.bucket.known_wait(now).is_some()
+    })
+}
+
 /// The key a request of `route` waits and takes its slot under.
 fn key_for(
     routes: &Map<Route, Arc<str>>,
@@ -574,29 +597,48 @@ fn key_for(
     auth: AuthHash,
     now: Instant,
 ) -> BucketKey {
-    let by_route = || BucketKey {
-        id: BucketId::Route(route.route().clone()),
+    let key_of = |id: BucketId| BucketKey {
+        id,
         major: route.major().clone(),
         auth,
     };
-    let Some(hash) = routes.get(route.route()) else {
-        return by_route();
-    };
-    let key = BucketKey {
-        id: BucketId::Hash(Arc::clone(hash)),
-        major: route.major().clone(),
-        auth,
-    };
-    if !buckets.contains_key(&key) {
-        // The route's hash is known, but this major's first request may
-        // still be out under the route, or its 429 hold the route: wait
-        // there.
-        let unknown = by_route();
-        if let Some(e) = buckets.get(&unknown) {
-            if e.bucket.in_flight() > 0 || e.waiters() > 0 || e.bucket.known_wait(now).is_some() {
-                return unknown;
+    if let Some(hash) = routes.get(route.route()) {
+        let key = key_of(BucketId::Hash(Arc::clone(hash)));
+        if !buckets.contains_key(&key) {
+            // The route's hash is known, but this major's first request may
+            // still be out under the route (or under a sibling that may share
+            // the bucket), or its 429 hold the route: wait there.
+            let sibling =
+                shared_sibling(route.route()).filter(|s| routes.get(s).is_none_or(|h| h == hash));
+            for r in std::iter::once(route.route().clone()).chain(sibling) {
+                let unknown = key_of(BucketId::Route(r));
+                if busy(buckets, &unknown, now) {
+                    return unknown;
+                }
             }
         }
+        return key;
     }
-    key
+    let own = key_of(BucketId::Route(route.route().clone()));
+    let Some(sibling) = shared_sibling(route.route()) else {
+        return own;
+    };
+    if busy(buckets, &own, now) {
+        return own;
+    }
+    // An unknown route that Discord shares a bucket with a sibling: wait on
+    // the sibling's bucket, or its probe, until its own answer names a hash.
+    let probe = key_of(BucketId::Route(sibling.clone()));
+    match routes.get(&sibling) {
+        Some(hash) => {
+            let key = key_of(BucketId::Hash(Arc::clone(hash)));
+            if !buckets.contains_key(&key) && busy(buckets, &probe, now) {
+                probe
+            } else {
+                key
+            }
+        }
+        None if busy(buckets, &probe, now) => probe,
+        None => own,
+    }
 }
