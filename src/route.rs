@@ -58,6 +58,14 @@ impl Route {
     pub fn template(&self) -> &str {
         &self.template
     }
+
+    /// The same template under another method (sharing the template).
+    pub(crate) fn with_method(&self, method: Method) -> Self {
+        Self {
+            method,
+            template: Arc::clone(&self.template),
+        }
+    }
 }
 
 impl fmt::Display for Route {

@@ -122,6 +122,13 @@ impl Bucket {
         until.filter(|u| *u > now)
     }
 
+    /// Requests in flight under another key that now belong to this bucket
+    /// (a remapped route's, ARCHITECTURE.md §4.5): its first answer and its
+    /// refill count them.
+    pub(crate) fn carry_in(&mut self, n: u32) {
+        self.in_flight = self.in_flight.saturating_add(n);
+    }
+
     /// A granted request ended without reaching the server (`sent == false`)
     /// or without an answer to learn from.
     pub(crate) fn release(&mut self, generation: u32, sent: bool) {

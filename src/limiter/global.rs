@@ -24,8 +24,16 @@ const INVALID_SLOT: Duration = Duration::from_secs(10);
 /// a second apart, whatever the latency. The cost is one round trip per
 /// slot per second.
 ///
-/// A global 429 lowers the limit to what the server admitted in that second;
-/// it then creeps back up by one per second without a global 429.
+/// A global 429 lowers the limit to what the server admitted in that second
+/// (ARCHITECTURE.md §5.3). The lowered value holds while the slots taken
+/// before the 429 drain (a second) and then for a full window without a
+/// global 429; only then does it rise, by steps that double while no global
+/// 429 comes (1, 2, 4, ...), one a second, so that it is back at the full
+/// limit within seconds of quiet however low it fell, and a raise that
+/// finds the server still full costs one 429. A global 429 that answers a
+/// raise doubles the hold before the next one (up to [`MAX_HOLD`]), so a
+/// process sharing its token with a steady other one probes ever less
+/// often.
 #[derive(Debug, Clone)]
 pub(crate) struct GlobalLimit {
     configured: u32,
@@ -36,9 +44,20 @@ pub(crate) struct GlobalLimit {
     ends: VecDeque<Instant>,
     /// When the global 429s of the last second came, oldest first.
     rejected: VecDeque<Instant>,
-    /// Since when `effective` has been below `configured` without a raise.
-    lowered_at: Instant,
+    /// While `effective < configured`: when it may rise next.
+    next_raise: Instant,
+    /// The next raise.
+    step: u32,
+    /// How long a lowered value holds after its slots drained.
+    hold: Duration,
+    /// The last raise, while a global 429 may still answer it.
+    raised_at: Option<Instant>,
 }
+
+/// The longest a lowered limit holds after a raise that earned a global
+/// 429: with a ramp of at most six steps, a limit lowered to 1 is back to
+/// 50 within about 15 s of quiet.
+pub(crate) const MAX_HOLD: Duration = Duration::from_secs(8);
 
 impl GlobalLimit {
     pub(crate) fn new(per_second: u32, now: Instant) -> Self {
@@ -49,7 +68,10 @@ impl GlobalLimit {
             in_flight: 0,
             ends: VecDeque::with_capacity(configured.min(64) as usize),
             rejected: VecDeque::new(),
-            lowered_at: now,
+            next_raise: now,
+            step: 1,
+            hold: SECOND,
+            raised_at: None,
         }
     }
 
@@ -65,15 +87,24 @@ impl GlobalLimit {
         while self.rejected.front().is_some_and(|e| *e + SECOND <= now) {
             self.rejected.pop_front();
         }
-        if self.effective < self.configured {
-            let secs = now.saturating_duration_since(self.lowered_at).as_secs();
-            if secs > 0 {
-                // One a second: a limit found too high costs invalid
-                // requests, one found too low only some speed.
-                let raised = u64::from(self.effective) + secs;
-                self.effective = raised.min(u64::from(self.configured)) as u32;
-                self.lowered_at += Duration::from_secs(secs);
-            }
+        // One raise a second once the hold is over, each step twice the
+        // last: a handful of iterations at most, however long it was idle.
+        while self.effective < self.configured && self.next_raise <= now {
+            let raised = self.effective.saturating_add(self.step);
+            self.effective = raised.min(self.configured);
+            self.step = self.step.saturating_mul(2);
+            self.raised_at = Some(self.next_raise);
+            self.next_raise += SECOND;
+        }
+        if self.effective == self.configured {
+            self.step = 1;
+            self.hold = SECOND;
+        }
+        if self
+            .raised_at
+            .is_some_and(|r| r + 2 * SECOND <= now || self.effective == self.configured)
+        {
+            self.raised_at = None;
         }
     }
 
@@ -86,8 +117,8 @@ impl GlobalLimit {
         if held < limit {
             return None;
         }
-        // A lowered limit rises by one at the next whole second.
-        let creep = (self.effective < self.configured).then(|| self.lowered_at + SECOND);
+        // A lowered limit rises at its next raise.
+        let creep = (self.effective < self.configured).then_some(self.next_raise);
         if self.in_flight >= self.effective {
             // Answers still to come free their slots only a second after
             // they come: only an answer, or the creep, can let one go.
@@ -128,7 +159,17 @@ impl GlobalLimit {
             );
             self.effective = admitted;
         }
-        self.lowered_at = now;
+        // A 429 that answers a raise: the server is still full, so probe
+        // less often. Once per raise, not per 429 of its burst.
+        if self.raised_at.take().is_some() {
+            self.hold = (self.hold * 2).min(MAX_HOLD);
+        }
+        self.step = 1;
+        if self.effective < self.configured {
+            // The slots taken before this 429 drain within a second; then
+            // the lowered value holds for `hold` without a global 429.
+            self.next_raise = now + SECOND + self.hold;
+        }
     }
 
     fn is_idle(&mut self, now: Instant) -> bool {
@@ -380,25 +421,147 @@ mod tests {
         assert_eq!(g.check(t0), None);
     }
 
+    /// `n` requests granted and answered at `now`.
+    fn answered(g: &mut GlobalLimit, n: u32, now: Instant) {
+        for _ in 0..n {
+            assert_eq!(g.check(now), None, "{g:?}");
+            g.take();
+            g.finish(now);
+        }
+    }
+
+    /// ARCHITECTURE.md §5.3: lowered, then held for the second its slots
+    /// drain and a full window more, then raised by doubling steps.
     #[test]
     fn a_global_429_lowers_and_it_creeps_back() {
         let t0 = Instant::now();
         let mut a = AuthState::new(Some(50), t0);
-        for _ in 0..30 {
-            let l = a.limit.as_mut().unwrap();
-            assert_eq!(l.check(t0), None);
-            l.take();
-            l.finish(t0);
-        }
+        answered(a.limit.as_mut().unwrap(), 30, t0);
         a.throttle(t0 + SECOND, t0);
         assert_eq!(a.throttled(t0), Some(t0 + SECOND));
         assert_eq!(a.throttled(t0 + SECOND), None);
         assert_eq!(a.limit.as_ref().unwrap().effective(), 29);
         let l = a.limit.as_mut().unwrap();
-        l.check(t0 + Duration::from_secs(5));
-        assert_eq!(l.effective(), 34, "one a second");
-        l.check(t0 + Duration::from_secs(100));
-        assert_eq!(l.effective(), 50);
+        let at = |s: u64| t0 + Duration::from_millis(s);
+        for (ms, effective) in [
+            (1000, 29),
+            (1999, 29),
+            (2000, 30),
+            (3000, 32),
+            (4000, 36),
+            (5000, 44),
+            (6000, 50),
+        ] {
+            l.check(at(ms));
+            assert_eq!(l.effective(), effective, "after {ms} ms");
+        }
+    }
+
+    /// ARCHITECTURE.md §5.3: the case. Lowered from 50 to 20 while
+    /// another process takes 30 a second: at the next window it is still
+    /// 20, not 21.
+    #[test]
+    fn a_lowered_limit_holds_through_the_next_window() {
+        let t0 = Instant::now();
+        let mut g = GlobalLimit::new(50, t0);
+        answered(&mut g, 50, t0);
+        for _ in 0..30 {
+            g.lower(t0);
+        }
+        assert_eq!(g.effective(), 20);
+        // The burst's slots drain at t0 + 1 s; the window after it goes at
+        // 20, and only then is a raise due.
+        let t1 = t0 + SECOND;
+        assert_eq!(g.check(t1), None);
+        assert_eq!(g.effective(), 20, "held through the window after the drain");
+        answered(&mut g, 20, t1);
+        assert_eq!(g.check(t1), Some(Some(t1 + SECOND)), "wakes at the raise");
+        assert_eq!(g.check(t1 + SECOND), None);
+        assert_eq!(g.effective(), 21);
+    }
+
+    /// ARCHITECTURE.md §5.3: a global 429 that answers a raise doubles the
+    /// hold before the next (up to `MAX_HOLD`); one burst of them counts
+    /// once.
+    #[test]
+    fn a_raise_that_earns_a_429_backs_off() {
+        let t0 = Instant::now();
+        let mut g = GlobalLimit::new(50, t0);
+        answered(&mut g, 50, t0);
+        for _ in 0..30 {
+            g.lower(t0);
+        }
+        // Busy: each second, as many as the limit lets go. Each raise to
+        // 21 is answered by one global 429.
+        let mut lowered = t0;
+        let mut holds = Vec::new();
+        let mut now = t0;
+        while holds.len() < 6 {
+            now += SECOND;
+            let mut sent = 0;
+            while g.check(now).is_none() {
+                g.take();
+                g.finish(now);
+                sent += 1;
+            }
+            if g.effective() == 21 {
+                assert_eq!(sent, 21);
+                holds.push((now - lowered).as_secs());
+                g.lower(now);
+                assert_eq!(g.effective(), 20);
+                lowered = now;
+            } else {
+                assert_eq!((g.effective(), sent), (20, 20));
+            }
+        }
+        assert_eq!(holds, [2, 3, 5, 9, 9, 9], "drain + hold 1, 2, 4, 8, 8, 8 s");
+
+        // Many 429s answering one raise double the hold once.
+        let mut g = GlobalLimit::new(50, t0);
+        answered(&mut g, 50, t0);
+        for _ in 0..30 {
+            g.lower(t0);
+        }
+        assert_eq!(g.hold, SECOND);
+        let raise = t0 + 2 * SECOND;
+        answered(&mut g, 21, raise);
+        assert_eq!(g.effective(), 21);
+        for _ in 0..5 {
+            g.lower(raise);
+        }
+        assert_eq!(g.hold, 2 * SECOND, "one burst, one doubling");
+    }
+
+    /// ARCHITECTURE.md §5.3: however low it fell and however it backed off,
+    /// a quiet limit is back at the full value within about 30 s (here 14).
+    #[test]
+    fn a_limit_lowered_to_one_is_back_within_30_s_of_quiet() {
+        let t0 = Instant::now();
+        let mut g = GlobalLimit::new(50, t0);
+        // Backed off to the longest hold, then lowered to 1.
+        answered(&mut g, 50, t0);
+        g.lower(t0);
+        g.hold = MAX_HOLD;
+        for _ in 0..48 {
+            g.lower(t0);
+        }
+        assert_eq!(g.effective(), 1);
+        let mut trace = Vec::new();
+        for s in 1..=30 {
+            g.check(t0 + Duration::from_secs(s));
+            trace.push(g.effective());
+        }
+        let back = trace.iter().position(|e| *e == 50).map(|i| i + 1);
+        assert_eq!(back, Some(14), "{trace:?}");
+        // Checked only once, long after: the same.
+        let mut g2 = GlobalLimit::new(50, t0);
+        answered(&mut g2, 50, t0);
+        for _ in 0..49 {
+            g2.lower(t0);
+        }
+        g2.check(t0 + Duration::from_secs(3600));
+        assert_eq!(g2.effective(), 50);
+        assert!(g2.is_idle(t0 + Duration::from_secs(3600)));
     }
 
     #[test]
@@ -412,8 +575,10 @@ mod tests {
         g.finish(t0);
         g.lower(t0); // that one was a global 429: the limit falls to 3
         assert_eq!(g.effective(), 3);
-        assert_eq!(g.check(t0), Some(Some(t0 + SECOND)), "not until an answer");
-        assert_eq!(g.check(t0 + SECOND), None, "the limit rose to 4");
+        let raise = t0 + 2 * SECOND;
+        assert_eq!(g.check(t0), Some(Some(raise)), "not until an answer");
+        assert_eq!(g.check(t0 + SECOND), Some(Some(raise)), "held");
+        assert_eq!(g.check(raise), None, "the limit rose to 4");
     }
 
     #[test]

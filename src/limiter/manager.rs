@@ -4,7 +4,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{Method, StatusCode};
 use tokio::time::Instant;
 
 use super::bucket::Bucket;
@@ -74,6 +74,8 @@ pub(crate) struct Grant {
     pub(crate) key: BucketKey,
     pub(crate) route: Route,
     generation: u32,
+    /// The store's epoch at the grant: which remaps came after it.
+    epoch: u64,
     /// Holds a slot of the proactive global limit.
     global: bool,
     /// Whether the global throttle holds this route.
@@ -121,6 +123,17 @@ pub(crate) enum Pass {
     Wait(Arc<Queue>),
 }
 
+/// Requests in flight under one key, counted too in the bucket they were
+/// carried to when their route was remapped (ARCHITECTURE.md §4.5).
+#[derive(Debug)]
+struct Carry {
+    /// The epoch of the remap: requests granted before it were carried.
+    epoch: u64,
+    to: BucketKey,
+    /// Carried requests still in flight.
+    left: u32,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Manager {
     routes: Map<Route, Arc<str>>,
@@ -135,6 +148,14 @@ pub(crate) struct Manager {
     ceiling_held: Map<usize, Weak<Queue>>,
     /// Where requests of routes no limit applies to wait on a ceiling.
     exempt: Arc<Queue>,
+    /// Bumped by every remap and every carry, so that a grant knows which
+    /// came after it.
+    epoch: u64,
+    /// Carried requests still in flight, by the key they were granted under.
+    carries: Map<BucketKey, Vec<Carry>>,
+    /// The epoch of each route's last remap: an answer to a request granted
+    /// before it names a hash the route no longer has.
+    remaps: Map<Route, u64>,
 }
 
 impl Manager {
@@ -163,6 +184,7 @@ impl Manager {
             auths,
             invalid_total,
             ceiling_held,
+            epoch,
             ..
         } = self;
         let global = route.limits() == Limits::All;
@@ -229,6 +251,7 @@ impl Manager {
             key,
             route: route.route().clone(),
             generation,
+            epoch: *epoch,
             global: holds_global,
             throttled_by_global: global,
         }))
@@ -380,6 +403,39 @@ impl Manager {
             entry.bucket.release(grant.generation, sent);
             entry.wake();
         }
+        self.end_carried(&grant.key, grant.epoch);
+    }
+
+    /// A request granted under `key` at `epoch` ended: it ends too in every
+    /// bucket it was carried to (and on from there).
+    fn end_carried(&mut self, key: &BucketKey, epoch: u64) {
+        if self.carries.is_empty() {
+            return;
+        }
+        let mut seen: Vec<BucketKey> = Vec::new();
+        let mut next = vec![key.clone()];
+        while let Some(from) = next.pop() {
+            if seen.contains(&from) {
+                continue;
+            }
+            let Some(list) = self.carries.get_mut(&from) else {
+                seen.push(from);
+                continue;
+            };
+            for carry in list.iter_mut().filter(|c| c.epoch > epoch && c.left > 0) {
+                carry.left -= 1;
+                if let Some(entry) = self.buckets.get_mut(&carry.to) {
+                    entry.bucket.release(0, true);
+                    entry.wake();
+                }
+                next.push(carry.to.clone());
+            }
+            list.retain(|c| c.left > 0);
+            if list.is_empty() {
+                self.carries.remove(&from);
+            }
+            seen.push(from);
+        }
     }
 
     /// Frees the global slot of an answered (or sent and dropped) or unsent
@@ -416,6 +472,7 @@ impl Manager {
             key,
             route,
             generation,
+            epoch,
             global,
             throttled_by_global,
         } = grant;
@@ -435,53 +492,95 @@ impl Manager {
 
         // The route's bucket hash, learned or changed.
         let mut target = None;
+        // Whether the requests in flight under this key go with the route
+        // to its new bucket: they are the route's own.
+        let mut carry = false;
+        let mut stale = false;
         if let Some(hash) = &info.bucket {
             let hash = hash.as_str();
-            let known = match self.routes.get(&route) {
-                Some(old) if **old == *hash => Arc::clone(old),
+            let current = self.routes.get(&route);
+            // An answer to a request granted before the route's last remap
+            // names a hash the route has left: it is not followed back.
+            stale = current.is_some_and(|c| **c != *hash)
+                && self.remaps.get(&route).is_some_and(|e| epoch < *e);
+            if stale {
+                tracing::debug!(%route, bucket = %hash, "answer from before the route's remap: not followed");
+            }
+            let known = match current {
+                _ if stale => None,
+                Some(current) if **current == *hash => Some(Arc::clone(current)),
                 old => {
+                    carry = match &key.id {
+                        BucketId::Route(r) => *r == route,
+                        BucketId::Hash(h) => old.is_some_and(|old| old == h),
+                    };
+                    let hash: Arc<str> = Arc::from(hash);
                     match old {
-                        Some(old) => tracing::debug!(%route, %old, new = %hash, "bucket remapped"),
+                        Some(old) => {
+                            tracing::debug!(%route, %old, new = %hash, "bucket remapped");
+                            self.epoch += 1;
+                            self.remaps.insert(route.clone(), self.epoch);
+                        }
                         None => tracing::debug!(%route, bucket = %hash, "bucket learned"),
                     }
-                    let hash: Arc<str> = Arc::from(hash);
                     self.routes.insert(route, Arc::clone(&hash));
-                    hash
+                    Some(hash)
                 }
             };
-            if !matches!(&key.id, BucketId::Hash(h) if **h == *known) {
-                target = Some(BucketKey {
-                    id: BucketId::Hash(known),
-                    major: key.major.clone(),
-                    auth: key.auth,
-                });
+            if let Some(known) = known {
+                if !matches!(&key.id, BucketId::Hash(h) if **h == *known) {
+                    target = Some(BucketKey {
+                        id: BucketId::Hash(known),
+                        major: key.major.clone(),
+                        auth: key.auth,
+                    });
+                }
             }
         }
 
         let moved = target.is_some();
-        let mut own = self.buckets.get_mut(&key);
-        if let Some(entry) = own.as_mut() {
+        let mut carried = 0;
+        if let Some(entry) = self.buckets.get_mut(&key) {
             entry.bucket.release(generation, true);
             entry.wake();
+            if carry && moved {
+                carried = entry.bucket.in_flight();
+            }
         }
+        self.end_carried(&key, epoch);
         let entry = match target {
-            None => match own {
+            None => match self.buckets.get_mut(&key) {
                 Some(entry) => entry,
                 None => return held,
             },
-            Some(target) => match self.buckets.entry(target) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    tracing::debug!(bucket = ?e.key().id, major = ?e.key().major, "bucket created");
-                    e.insert(Entry::new(now))
+            Some(target) => {
+                if carried > 0 {
+                    // They land in the new bucket: count them there (the old
+                    // one keeps counting them too until they answer).
+                    self.epoch += 1;
+                    tracing::debug!(carried, "requests in flight carried to the new bucket");
+                    self.carries.entry(key.clone()).or_default().push(Carry {
+                        epoch: self.epoch,
+                        to: target.clone(),
+                        left: carried,
+                    });
                 }
-            },
+                let entry = match self.buckets.entry(target) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        tracing::debug!(bucket = ?e.key().id, major = ?e.key().major, "bucket created");
+                        e.insert(Entry::new(now))
+                    }
+                };
+                entry.bucket.carry_in(carried);
+                entry
+            }
         };
         let bucket = &mut entry.bucket;
         // A bucket still known by its route learns limits only with the
         // hash that names them (and then they go to that bucket): until
         // then it stays one request at a time.
-        let named = matches!(key.id, BucketId::Hash(_)) || info.bucket.is_some();
+        let named = !stale && (matches!(key.id, BucketId::Hash(_)) || info.bucket.is_some());
         match (rejected, hold) {
             (Some(t), Some(hold)) if !t.global => {
                 bucket.block(now + hold, t.scope != Some(crate::headers::Scope::Shared))
@@ -520,6 +619,8 @@ impl Manager {
             })
             .collect();
         self.routes.retain(|_, hash| live.contains(hash));
+        self.remaps
+            .retain(|route, _| self.routes.contains_key(route));
         self.auths.retain(|_, a| !a.is_idle(now));
         before - self.buckets.len()
     }
@@ -534,6 +635,14 @@ impl Manager {
             counts.waiters += e.waiters();
             counts.in_flight += e.bucket.in_flight() as usize;
         }
+        // A carried request counts in two buckets; once here.
+        let carried: usize = self
+            .carries
+            .values()
+            .flatten()
+            .map(|c| c.left as usize)
+            .sum();
+        counts.in_flight = counts.in_flight.saturating_sub(carried);
         for (auth, state) in &mut self.auths {
             let n = state.invalid.count(now);
             if n > 0 {
@@ -601,6 +710,29 @@ fn check_ceiling(
     }
 }
 
+/// The template of Discord's own-reaction routes, whose `PUT` and `DELETE`
+/// share one bucket.
+const OWN_REACTION: &str = "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me";
+
+/// The route Discord is known to share a bucket with (ARCHITECTURE.md
+/// §4.6): the same template under another method. A short table on
+/// purpose: a wrong guess costs a first request's wait.
+fn shared_sibling(route: &Route) -> Option<Route> {
+    let sibling = match *route.method() {
+        Method::PUT => Method::DELETE,
+        Method::DELETE => Method::PUT,
+        _ => return None,
+    };
+    (route.template() == OWN_REACTION).then(|| route.with_method(sibling))
+}
+
+/// Something flies, waits or is held at this key.
+fn busy(buckets: &Map<BucketKey, Entry>, key: &BucketKey, now: Instant) -> bool {
+    buckets.get(key).is_some_and(|e| {
+        e.bucket.in_flight() > 0 || e.waiters() > 0 || e.bucket.known_wait(now).is_some()
+    })
+}
+
 /// The key a request of `route` waits and takes its slot under.
 fn key_for(
     routes: &Map<Route, Arc<str>>,
@@ -609,31 +741,50 @@ fn key_for(
     auth: AuthHash,
     now: Instant,
 ) -> BucketKey {
-    let by_route = || BucketKey {
-        id: BucketId::Route(route.route().clone()),
+    let key_of = |id: BucketId| BucketKey {
+        id,
         major: route.major().clone(),
         auth,
     };
-    let Some(hash) = routes.get(route.route()) else {
-        return by_route();
-    };
-    let key = BucketKey {
-        id: BucketId::Hash(Arc::clone(hash)),
-        major: route.major().clone(),
-        auth,
-    };
-    if !buckets.contains_key(&key) {
-        // The route's hash is known, but this major's first request may
-        // still be out under the route, or its 429 hold the route: wait
-        // there.
-        let unknown = by_route();
-        if let Some(e) = buckets.get(&unknown) {
-            if e.bucket.in_flight() > 0 || e.waiters() > 0 || e.bucket.known_wait(now).is_some() {
-                return unknown;
+    if let Some(hash) = routes.get(route.route()) {
+        let key = key_of(BucketId::Hash(Arc::clone(hash)));
+        if !buckets.contains_key(&key) {
+            // The route's hash is known, but this major's first request may
+            // still be out under the route (or under a sibling that may share
+            // the bucket), or its 429 hold the route: wait there.
+            let sibling =
+                shared_sibling(route.route()).filter(|s| routes.get(s).is_none_or(|h| h == hash));
+            for r in std::iter::once(route.route().clone()).chain(sibling) {
+                let unknown = key_of(BucketId::Route(r));
+                if busy(buckets, &unknown, now) {
+                    return unknown;
+                }
             }
         }
+        return key;
     }
-    key
+    let own = key_of(BucketId::Route(route.route().clone()));
+    let Some(sibling) = shared_sibling(route.route()) else {
+        return own;
+    };
+    if busy(buckets, &own, now) {
+        return own;
+    }
+    // An unknown route that Discord shares a bucket with a sibling: wait on
+    // the sibling's bucket, or its probe, until its own answer names a hash.
+    let probe = key_of(BucketId::Route(sibling.clone()));
+    match routes.get(&sibling) {
+        Some(hash) => {
+            let key = key_of(BucketId::Hash(Arc::clone(hash)));
+            if !buckets.contains_key(&key) && busy(buckets, &probe, now) {
+                probe
+            } else {
+                key
+            }
+        }
+        None if busy(buckets, &probe, now) => probe,
+        None => own,
+    }
 }
 
 #[cfg(test)]
