@@ -432,18 +432,6 @@ impl Manager {
             .get_mut(&auth)
             .map_or(0, |a| a.invalid.count(now))
     }
-
-    /// Wakes every waiting head (on close).
-    ///
-    /// (Heads waiting on the global limit alone also wait on the close
-    /// signal.)
-    pub(crate) fn notify_all(&self) {
-        for e in self.buckets.values() {
-            if let Some(queue) = &e.queue {
-                queue.notify.notify_waiters();
-            }
-        }
-    }
 }
 
 fn check_ceiling(state: &mut AuthState, config: &Config, now: Instant) -> Result<(), Error> {
