@@ -2,8 +2,9 @@
 //! real HTTP to the simulated Discord server, dropped at random points:
 //! before their first poll, while waiting for a bucket, while waiting on
 //! the proactive global limit, granted but waiting for the transport's
-//! readiness, in flight, and while the layer reads a 429 body. Afterwards the limiter holds no slot, waiter or in-flight count,
-//! and new requests on the same buckets go through.
+//! readiness, in flight, and while the layer reads a 429 body. Afterwards
+//! the limiter holds no slot, waiter or in-flight count, and new requests
+//! on the same buckets go through.
 //!
 //! The clock is tokio's paused clock, bounded in its leaps by
 //! [`tick_clock`]; the random choices come from a seeded generator
