@@ -66,7 +66,8 @@ impl GlobalLimit {
             configured,
             effective: configured,
             in_flight: 0,
-            ends: VecDeque::with_capacity(configured.min(64) as usize),
+            // Grows with use: most tokens never send many a second.
+            ends: VecDeque::new(),
             rejected: VecDeque::new(),
             next_raise: now,
             step: 1,
@@ -235,6 +236,17 @@ pub(crate) struct InvalidGuard {
 }
 
 impl InvalidGuard {
+    /// Gives back the room its count no longer needs.
+    pub(crate) fn shrink(&mut self, now: Instant) {
+        self.invalid.prune(now);
+        shrink_deque(&mut self.invalid.slots);
+    }
+
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.invalid.slots.capacity()
+    }
+
     pub(crate) fn count(&mut self, now: Instant) -> u32 {
         self.invalid.count(now)
     }
@@ -325,7 +337,35 @@ impl Drop for GlobalWaiter {
     }
 }
 
+/// Gives back the room of a queue that emptied (ARCHITECTURE.md §7.2):
+/// under a quarter used, it shrinks to twice its length.
+fn shrink_deque<T>(deque: &mut VecDeque<T>) {
+    if deque.capacity() > 8 && deque.len() < deque.capacity() / 4 {
+        deque.shrink_to(deque.len() * 2);
+    }
+}
+
 impl AuthState {
+    /// How many instants its queues have room for.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        let limit = self
+            .limit
+            .as_ref()
+            .map_or(0, |l| l.ends.capacity() + l.rejected.capacity());
+        limit + self.invalid.capacity()
+    }
+
+    /// Gives back the room its queues of instants no longer need.
+    pub(crate) fn shrink(&mut self, now: Instant) {
+        if let Some(limit) = &mut self.limit {
+            limit.refresh(now);
+            shrink_deque(&mut limit.ends);
+            shrink_deque(&mut limit.rejected);
+        }
+        self.invalid.shrink(now);
+    }
+
     pub(crate) fn new(per_second: Option<u32>, now: Instant) -> Self {
         Self {
             throttle_until: None,

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::bucket::Bucket;
 use super::global::{AuthState, Ceiling, GlobalQueue, InvalidGuard};
-use super::hash::{FastSet, Map};
+use super::hash::{shrink_if_sparse, FastSet, Map};
 use super::wait::{Queue, Waiter};
 use super::{AuthHash, Config};
 use crate::error::Error;
@@ -605,11 +605,20 @@ impl Manager {
     }
 
     /// Drops stale buckets, routes whose bucket is gone, and idle
-    /// authentications. Returns how many buckets were dropped.
+    /// authentications, and gives memory back: queues no one waits in, and
+    /// the room of maps a sweep left mostly empty (ARCHITECTURE.md §7.2).
+    /// Returns how many buckets were dropped.
     pub(crate) fn sweep(&mut self, expire_after: Duration, now: Instant) -> usize {
         let before = self.buckets.len();
-        self.buckets
-            .retain(|_, e| e.in_use() || !e.bucket.is_stale(now, expire_after));
+        self.buckets.retain(|_, e| {
+            if e.in_use() {
+                return true;
+            }
+            // No one waits in its queue or holds it: the next wait makes
+            // another.
+            e.queue = None;
+            !e.bucket.is_stale(now, expire_after)
+        });
         let live: FastSet<&Arc<str>> = self
             .buckets
             .keys()
@@ -621,8 +630,35 @@ impl Manager {
         self.routes.retain(|_, hash| live.contains(hash));
         self.remaps
             .retain(|route, _| self.routes.contains_key(route));
-        self.auths.retain(|_, a| !a.is_idle(now));
+        self.auths.retain(|_, a| {
+            let idle = a.is_idle(now);
+            if !idle {
+                a.shrink(now);
+            }
+            !idle
+        });
+        shrink_if_sparse(&mut self.buckets);
+        shrink_if_sparse(&mut self.routes);
+        shrink_if_sparse(&mut self.auths);
+        shrink_if_sparse(&mut self.remaps);
+        self.invalid_total.shrink(now);
         before - self.buckets.len()
+    }
+
+    /// One authentication's state.
+    #[cfg(test)]
+    pub(crate) fn auth_for_test(&mut self, auth: AuthHash) -> &mut AuthState {
+        self.auths.get_mut(&auth).expect("a known authentication")
+    }
+
+    /// The capacities of the maps (buckets, routes, authentications).
+    #[cfg(test)]
+    pub(crate) fn capacities(&self) -> (usize, usize, usize) {
+        (
+            self.buckets.capacity(),
+            self.routes.capacity(),
+            self.auths.capacity(),
+        )
     }
 
     pub(crate) fn counts(&mut self, now: Instant) -> Counts {
@@ -661,18 +697,6 @@ impl Manager {
         self.auths
             .get_mut(&auth)
             .map_or(0, |a| a.invalid.count(now))
-    }
-
-    /// Wakes every waiting head (on close).
-    ///
-    /// (Heads waiting on the global limit alone, and requests of routes no
-    /// limit applies to held by a ceiling, also wait on the close signal.)
-    pub(crate) fn notify_all(&self) {
-        for e in self.buckets.values() {
-            if let Some(queue) = &e.queue {
-                queue.notify.notify_waiters();
-            }
-        }
     }
 }
 

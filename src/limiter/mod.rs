@@ -26,6 +26,8 @@ use crate::route::{CompiledRoute, RouteResolver};
 mod bucket;
 mod global;
 mod hash;
+#[cfg(test)]
+mod lifecycle_tests;
 mod manager;
 mod ticket;
 mod wait;
@@ -211,10 +213,13 @@ impl Limiter {
     /// Closes the limiter: every waiting request fails promptly with
     /// [`Error::Closed`], later ones too, and the background sweeper stops.
     /// Requests already sent complete.
+    ///
+    /// Its cost is one wake-up per waiting request, however many buckets
+    /// the limiter holds: every waiter (at a bucket or at the global limit)
+    /// listens for this one signal, and the store is not locked.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.close.notify_waiters();
-        self.shared.lock().notify_all();
     }
 
     /// Whether [`close`](Self::close) was called.
