@@ -231,11 +231,7 @@ impl Manager {
     ) -> Option<Duration> {
         let rejected = info.too_many_requests.as_ref();
         let invalid = is_invalid_status(status) || rejected.is_some_and(|t| t.is_invalid());
-        let hold = rejected.and_then(|t| {
-            let reset_after = if t.global { None } else { info.reset_after };
-            t.retry_after
-                .or_else(|| [info.retry_after, reset_after].into_iter().flatten().max())
-        });
+        let hold = info.hold();
         if invalid || rejected.is_some_and(|t| t.global) {
             let state = self.auth(auth, config, now);
             if invalid {
