@@ -557,6 +557,56 @@ mod tests {
         assert_eq!(RateLimitInfo::from_headers(&h).hold(), None);
     }
 
+    proptest::proptest! {
+        /// ARCHITECTURE.md §4.8: no header value or 429 body panics, and
+        /// every wait read is at most one day.
+        #[test]
+        fn header_values_and_429_bodies_never_panic(
+            values in proptest::collection::vec(
+                (0usize..8, proptest::prelude::any::<Vec<u8>>()),
+                0..12,
+            ),
+            text in "[ -~]{0,40}",
+            body in proptest::prelude::any::<Vec<u8>>(),
+            number in proptest::prelude::any::<f64>(),
+        ) {
+            const NAMES: [&str; 8] = [
+                "x-ratelimit-limit",
+                "x-ratelimit-remaining",
+                "x-ratelimit-reset",
+                "x-ratelimit-reset-after",
+                "x-ratelimit-bucket",
+                "x-ratelimit-scope",
+                "retry-after",
+                "date",
+            ];
+            let mut h = HeaderMap::new();
+            for (i, raw) in &values {
+                if let Ok(v) = HeaderValue::from_bytes(raw) {
+                    h.append(NAMES[*i], v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&text) {
+                    h.append(NAMES[(*i + 1) % NAMES.len()], v);
+                }
+            }
+            let mut info = RateLimitInfo::from_headers(&h);
+            for body in [
+                body,
+                format!("{{\"retry_after\": {number}, \"global\": false}}").into_bytes(),
+                format!("{{\"retry_after\": {text:?}, \"global\": true}}").into_bytes(),
+            ] {
+                info.read_429_body(&h, &body);
+                let waits = [
+                    info.reset_after,
+                    info.retry_after,
+                    info.hold(),
+                    info.too_many_requests.as_ref().and_then(|t| t.retry_after),
+                ];
+                proptest::prop_assert!(waits.iter().flatten().all(|w| *w <= MAX_WAIT));
+            }
+        }
+    }
+
     #[test]
     fn global_shared_and_cloudflare_429s() {
         let h = headers(&[

@@ -43,9 +43,10 @@ pub(crate) struct Bucket {
     reset: Option<Instant>,
     /// The latest server window seen (`X-RateLimit-Reset` in milliseconds).
     window: Option<u64>,
-    /// Where that window ends on our clock, the earliest any of its answers
-    /// placed it (a late answer only places it later), kept after the local
-    /// refill: with `window`, it converts window ids to our clock.
+    /// Where the current server window ends on our clock, the earliest any
+    /// of its answers placed it (a late answer only places it later), kept
+    /// after the local refill: with `window`, it converts window ids to our
+    /// clock; without, no answer can speak of a later window before it.
     window_end: Option<Instant>,
     /// Requests granted and not yet answered or released.
     in_flight: u32,
@@ -213,12 +214,27 @@ impl Bucket {
                 }
                 _ => Order::Same,
             },
-            // No id, or one its own reset does not back: by the reset.
-            None => match (reset, self.reset) {
-                (Some(new), Some(cur)) if new > cur + WINDOW_TOLERANCE => Order::Later,
-                (_, None) => Order::Later,
-                _ => Order::Same,
-            },
+            // No id, or one its own reset does not back: by the reset, but
+            // never a later window against an id that says it is the same
+            // or an earlier one (a late answer places its reset late).
+            None => {
+                let contradicted =
+                    matches!((id, self.window), (Some(id), Some(seen)) if id <= seen);
+                // Nor before the current window can have ended: its end
+                // is no later than the earliest any answer placed it.
+                let over = self
+                    .window_end
+                    .is_none_or(|end| now + WINDOW_TOLERANCE >= end);
+                match (reset, self.reset) {
+                    (_, None) => Order::Later,
+                    (Some(new), Some(cur))
+                        if new > cur + WINDOW_TOLERANCE && over && !contradicted =>
+                    {
+                        Order::Later
+                    }
+                    _ => Order::Same,
+                }
+            }
         };
         let header_remaining = info.remaining.unwrap_or(self.remaining).min(limit);
         match order {
@@ -233,7 +249,7 @@ impl Bucket {
                 };
                 self.reset = reset;
                 self.window = id;
-                self.window_end = id.and(reset);
+                self.window_end = reset;
                 self.generation = self.generation.wrapping_add(1);
             }
             Order::Same => {
@@ -241,7 +257,8 @@ impl Bucket {
                 if let Some(new) = reset {
                     self.reset = Some(self.reset.map_or(new, |cur| cur.max(new)));
                 }
-                if believed.is_some() {
+                // An answer of this very window may place its end earlier.
+                if believed.is_some() || (id.is_none() && self.window.is_none()) {
                     if let (Some(new), Some(end)) = (reset, self.window_end) {
                         self.window_end = Some(end.min(new));
                     }
@@ -301,6 +318,9 @@ impl Bucket {
             .is_some_and(|expiry| now >= expiry)
     }
 }
+
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 mod tests {
@@ -595,6 +615,27 @@ mod tests {
         b.apply(&i, t0);
         assert_eq!(b.check(t0 + FALLBACK_RESET), Some(Some(t0 + MAX_WAIT)));
         assert_eq!(b.check(t0 + MAX_WAIT), None);
+    }
+
+    /// A late answer of the current window, later than [`ID_SKEW`]: its
+    /// reset lies late, its id says it is the current window; it only
+    /// lowers `remaining`.
+    #[test]
+    fn a_very_late_answer_never_raises_remaining() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0);
+        grant(&mut b, t0);
+        b.release(0, true);
+        b.apply(&info(3, 2, 5.0, 5000), t0);
+        let late = grant(&mut b, t0);
+        let g = grant(&mut b, t0);
+        b.release(g, true);
+        b.apply(&info(3, 0, 5.0, 5000), t0);
+        let t = t0 + Duration::from_secs(3);
+        b.release(late, true);
+        b.apply(&info(3, 1, 5.0, 5000), t);
+        assert_eq!(b.remaining(), 0);
+        assert_eq!(b.check(t), Some(Some(t + Duration::from_secs(5))));
     }
 
     #[test]
