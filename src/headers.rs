@@ -12,9 +12,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 static SCOPE: HeaderName = HeaderName::from_static("x-ratelimit-scope");
 static GLOBAL: HeaderName = HeaderName::from_static("x-ratelimit-global");
 
-/// Longest wait taken from a server's word; anything larger is ignored as
-/// malformed (one day).
-pub(crate) const MAX_SECS: f64 = 86_400.0;
+/// Longest wait taken from a server's word (one day): a larger one, however
+/// large, waits this long; it is never dropped (ARCHITECTURE.md §3).
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(86_400);
 /// Longest bucket hash kept; a longer value is ignored as malformed.
 const MAX_BUCKET_LEN: usize = 128;
 
@@ -107,10 +107,11 @@ pub struct TooManyRequests {
     /// Whether the limit hit was the global one (body `global` or
     /// `X-RateLimit-Global`).
     pub global: bool,
-    /// How long the limiter holds the bucket: the largest of the body's
-    /// `retry_after`, `Retry-After` and `X-RateLimit-Reset-After`; for a
+    /// How long the limiter holds the bucket: the larger of the body's
+    /// `retry_after` and `X-RateLimit-Reset-After` (the whole-second
+    /// `Retry-After` is not used when the body has a `retry_after`); for a
     /// global 429, how long it holds the token: the body's `retry_after`.
-    /// `None` when the body had no `retry_after`.
+    /// At most one day. `None` when the body had no usable `retry_after`.
     pub retry_after: Option<Duration>,
     /// The body's `code`, when present.
     pub code: Option<i64>,
@@ -172,8 +173,8 @@ impl RateLimitInfo {
             // this errs late by less than one.
             let date = headers.get(http::header::DATE).and_then(http_date_millis);
             if let (Some(reset), Some(date)) = (info.reset_millis, date) {
-                info.reset_after = Some(Duration::from_millis(reset.saturating_sub(date)))
-                    .filter(|d| d.as_secs_f64() <= MAX_SECS);
+                info.reset_after =
+                    Some(Duration::from_millis(reset.saturating_sub(date)).min(MAX_WAIT));
             }
         }
         info
@@ -182,6 +183,25 @@ impl RateLimitInfo {
     /// Whether the response carried a bucket's headers.
     pub(crate) fn has_bucket_headers(&self) -> bool {
         self.bucket.is_some() || self.limit.is_some() || self.remaining.is_some()
+    }
+
+    /// How long a 429 holds its bucket (or, global, its token): for a
+    /// bucket, the larger of the precise values, the body's `retry_after`
+    /// and `Reset-After`; for the token, the body's `retry_after`. The
+    /// whole-second `Retry-After` counts only when no precise value is
+    /// there. `None` when this is no 429 or it gave no usable wait.
+    /// (ARCHITECTURE.md §4.7, §5.1.)
+    pub(crate) fn hold(&self) -> Option<Duration> {
+        let rejected = self.too_many_requests.as_ref()?;
+        let precise = if rejected.global {
+            rejected.retry_after
+        } else {
+            [rejected.retry_after, self.reset_after]
+                .into_iter()
+                .flatten()
+                .max()
+        };
+        precise.or(self.retry_after)
     }
 
     /// Reads what a 429 says: the scope and global headers and the body.
@@ -216,17 +236,15 @@ impl RateLimitInfo {
                     .and_then(|s| to_duration(s, "retry_after"));
                 out.global |= map.get("global").and_then(serde_json::Value::as_bool) == Some(true);
                 out.code = map.get("code").and_then(serde_json::Value::as_i64);
-                // A bucket waits the largest of what the server said; the
-                // global throttle the body's `retry_after` (`Retry-After`
-                // is that rounded up to whole seconds).
+                // A bucket waits the larger of the precise values, the
+                // body's `retry_after` and `Reset-After`; the global
+                // throttle the body's `retry_after`. (`Retry-After` is
+                // either rounded up to whole seconds: see `hold`.)
                 out.retry_after = body_retry.map(|b| {
                     if out.global {
                         b
                     } else {
-                        [self.retry_after, self.reset_after]
-                            .into_iter()
-                            .flatten()
-                            .fold(b, Duration::max)
+                        self.reset_after.map_or(b, |r| b.max(r))
                     }
                 });
             }
@@ -293,7 +311,18 @@ fn count(name: &str, value: &HeaderValue) -> Option<u32> {
 }
 
 fn secs(name: &str, value: &HeaderValue) -> Option<Duration> {
-    number(name, value).and_then(|s| to_duration(s, name))
+    let raw = text(name, value)?;
+    match raw.parse::<f64>() {
+        Ok(n) => to_duration(n, name),
+        Err(_) => {
+            tracing::debug!(
+                header = name,
+                value = raw,
+                "ignoring malformed rate-limit header"
+            );
+            None
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch of an IMF-fixdate,
@@ -340,12 +369,17 @@ fn http_date_millis(value: &HeaderValue) -> Option<u64> {
     Some(((days * 24 + h) * 60 + m) * 60_000 + sec * 1000)
 }
 
+/// A wait in seconds: negative and NaN values say nothing and are ignored;
+/// one over [`MAX_WAIT`] (infinity included) waits `MAX_WAIT`.
 fn to_duration(secs: f64, what: &str) -> Option<Duration> {
-    if secs.is_finite() && (0.0..=MAX_SECS).contains(&secs) {
-        Some(Duration::from_secs_f64(secs))
-    } else {
-        tracing::debug!(what, secs, "ignoring out-of-range wait");
+    if secs.is_nan() || secs < 0.0 {
+        tracing::debug!(what, secs, "ignoring malformed wait");
         None
+    } else if secs > MAX_WAIT.as_secs_f64() {
+        tracing::debug!(what, secs, "clamping wait to one day");
+        Some(MAX_WAIT)
+    } else {
+        Some(Duration::from_secs_f64(secs))
     }
 }
 
@@ -405,7 +439,7 @@ mod tests {
 
     #[test]
     fn malformed_values_are_ignored() {
-        for bad in ["abc", "-1", "NaN", "inf", "-inf", "1e308", "", "4294967296"] {
+        for bad in ["abc", "-1", "NaN", "-inf", "", "4294967296"] {
             let h = headers(&[
                 ("x-ratelimit-limit", bad),
                 ("x-ratelimit-remaining", bad),
@@ -416,22 +450,62 @@ mod tests {
             let mut info = RateLimitInfo::from_headers(&h);
             assert_eq!(info.limit, None, "{bad}");
             assert_eq!(info.remaining, None, "{bad}");
-            assert_eq!(info.reset_after, None, "{bad}");
             if bad != "4294967296" {
+                assert_eq!(info.reset_after, None, "{bad}");
                 assert_eq!(info.reset_millis, None, "{bad}");
                 assert_eq!(info.retry_after, None, "{bad}");
             }
             let body = format!("{{\"retry_after\": {bad}, \"global\": false}}");
             info.read_429_body(&h, body.as_bytes());
             let t = info.too_many_requests.unwrap();
-            assert_eq!(t.retry_after, None, "{bad}");
+            let expect = (bad == "4294967296").then_some(MAX_WAIT);
+            assert_eq!(t.retry_after, expect, "{bad}");
         }
         let h = headers(&[("x-ratelimit-limit", "0")]);
         assert_eq!(RateLimitInfo::from_headers(&h).limit, None);
     }
 
+    /// ARCHITECTURE.md §3: a wait over one day waits one day; it is never
+    /// dropped.
     #[test]
-    fn the_largest_wait_of_a_429_wins() {
+    fn waits_over_a_day_are_clamped_to_a_day() {
+        for huge in ["86400.5", "86401", "1e9", "1e308", "inf", "1e400"] {
+            let h = headers(&[
+                ("x-ratelimit-reset-after", huge),
+                ("retry-after", huge),
+                ("x-ratelimit-scope", "user"),
+            ]);
+            let mut info = RateLimitInfo::from_headers(&h);
+            assert_eq!(info.reset_after, Some(MAX_WAIT), "{huge}");
+            assert_eq!(info.retry_after, Some(MAX_WAIT), "{huge}");
+            info.read_429_body(&h, br#"{"retry_after": 0.5, "global": false}"#);
+            assert_eq!(info.hold(), Some(MAX_WAIT), "{huge}");
+        }
+        for huge in ["86400.5", "86401", "1e9", "1e308"] {
+            for global in [false, true] {
+                let h = HeaderMap::new();
+                let mut info = RateLimitInfo::from_headers(&h);
+                let body = format!("{{\"retry_after\": {huge}, \"global\": {global}}}");
+                info.read_429_body(&h, body.as_bytes());
+                let t = info.too_many_requests.as_ref().unwrap();
+                assert_eq!(t.retry_after, Some(MAX_WAIT), "{huge}");
+                assert_eq!(t.global, global);
+                assert_eq!(info.hold(), Some(MAX_WAIT), "{huge}");
+            }
+        }
+        // A reset a year after the server's `Date`.
+        let h = headers(&[
+            ("x-ratelimit-reset", "815647777.250"),
+            ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ]);
+        assert_eq!(RateLimitInfo::from_headers(&h).reset_after, Some(MAX_WAIT));
+    }
+
+    /// ARCHITECTURE.md §4.7: a bucket 429 is held for the larger of the
+    /// body's `retry_after` and `Reset-After`; the whole-second
+    /// `Retry-After` counts only when neither is there.
+    #[test]
+    fn a_429_is_held_for_the_larger_precise_wait() {
         let h = headers(&[
             ("x-ratelimit-reset-after", "1.5"),
             ("retry-after", "2"),
@@ -444,6 +518,7 @@ mod tests {
         );
         let t = info.too_many_requests.as_ref().unwrap();
         assert_eq!(t.retry_after, Some(Duration::from_secs_f64(3.25)));
+        assert_eq!(info.hold(), Some(Duration::from_secs_f64(3.25)));
         assert_eq!(t.scope, Some(Scope::User));
         assert!(!t.global && t.is_retryable() && t.is_invalid());
 
@@ -452,9 +527,84 @@ mod tests {
             &h,
             br#"{"retry_after": 0.5, "global": false, "code": 20028}"#,
         );
+        assert_eq!(info.hold(), Some(Duration::from_millis(1500)));
         let t = info.too_many_requests.unwrap();
-        assert_eq!(t.retry_after, Some(Duration::from_secs(2)));
+        assert_eq!(t.retry_after, Some(Duration::from_millis(1500)));
         assert_eq!(t.code, Some(20028));
+
+        // 0.25 s by the body, 1 s by `Retry-After`: 0.25 s.
+        let h = headers(&[("retry-after", "1"), ("x-ratelimit-scope", "user")]);
+        let mut info = RateLimitInfo::from_headers(&h);
+        info.read_429_body(&h, br#"{"retry_after": 0.25, "global": false}"#);
+        assert_eq!(info.hold(), Some(Duration::from_millis(250)));
+        // Only `Reset-After` and `Retry-After`: `Reset-After`.
+        let h = headers(&[("retry-after", "1"), ("x-ratelimit-reset-after", "0.3")]);
+        let mut info = RateLimitInfo::from_headers(&h);
+        info.read_429_body(&h, br#"{"global": false}"#);
+        assert_eq!(info.hold(), Some(Duration::from_millis(300)));
+        // Only `Retry-After`: its whole seconds.
+        let h = headers(&[("retry-after", "1")]);
+        let mut info = RateLimitInfo::from_headers(&h);
+        info.read_429_body(&h, b"<html>1015</html>");
+        assert_eq!(info.hold(), Some(Duration::from_secs(1)));
+        // A global 429 holds the token for the body's value, not
+        // `Reset-After`.
+        let h = headers(&[("retry-after", "3"), ("x-ratelimit-reset-after", "5")]);
+        let mut info = RateLimitInfo::from_headers(&h);
+        info.read_429_body(&h, br#"{"retry_after": 2.5, "global": true}"#);
+        assert_eq!(info.hold(), Some(Duration::from_millis(2500)));
+        // Not a 429: no hold.
+        assert_eq!(RateLimitInfo::from_headers(&h).hold(), None);
+    }
+
+    proptest::proptest! {
+        /// ARCHITECTURE.md §4.8: no header value or 429 body panics, and
+        /// every wait read is at most one day.
+        #[test]
+        fn header_values_and_429_bodies_never_panic(
+            values in proptest::collection::vec(
+                (0usize..8, proptest::prelude::any::<Vec<u8>>()),
+                0..12,
+            ),
+            text in "[ -~]{0,40}",
+            body in proptest::prelude::any::<Vec<u8>>(),
+            number in proptest::prelude::any::<f64>(),
+        ) {
+            const NAMES: [&str; 8] = [
+                "x-ratelimit-limit",
+                "x-ratelimit-remaining",
+                "x-ratelimit-reset",
+                "x-ratelimit-reset-after",
+                "x-ratelimit-bucket",
+                "x-ratelimit-scope",
+                "retry-after",
+                "date",
+            ];
+            let mut h = HeaderMap::new();
+            for (i, raw) in &values {
+                if let Ok(v) = HeaderValue::from_bytes(raw) {
+                    h.append(NAMES[*i], v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&text) {
+                    h.append(NAMES[(*i + 1) % NAMES.len()], v);
+                }
+            }
+            let mut info = RateLimitInfo::from_headers(&h);
+            for body in [
+                body,
+                format!("{{\"retry_after\": {number}, \"global\": false}}").into_bytes(),
+                format!("{{\"retry_after\": {text:?}, \"global\": true}}").into_bytes(),
+            ] {
+                info.read_429_body(&h, &body);
+                let waits = [
+                    info.reset_after,
+                    info.retry_after,
+                    info.hold(),
+                    info.too_many_requests.as_ref().and_then(|t| t.retry_after),
+                ];
+                proptest::prop_assert!(waits.iter().flatten().all(|w| *w <= MAX_WAIT));
+            }
+        }
     }
 
     #[test]

@@ -408,8 +408,8 @@ async fn wait_after_user_429(limited: Override) -> (RateLimitInfo, Duration) {
     (rejected.info, log[2].arrival - log[1].arrival)
 }
 
-/// Bucket rules: after a `user` 429 the bucket waits the largest of the
-/// body's `retry_after`, `Retry-After` and `Reset-After`: here the body's.
+/// ARCHITECTURE.md §4.7: after a `user` 429 the bucket waits the larger of
+/// the body's `retry_after` and `Reset-After`: here the body's.
 #[tokio::test(start_paused = true)]
 async fn user_429_waits_the_body_retry_after_when_it_is_larger() {
     let (info, gap) = wait_after_user_429(Override::UserLimit {
@@ -424,8 +424,8 @@ async fn user_429_waits_the_body_retry_after_when_it_is_larger() {
     assert_eq!(ms(gap), 2000, "waited {gap:?}");
 }
 
-/// Bucket rules: after a `user` 429 the bucket waits the largest of the
-/// body's `retry_after`, `Retry-After` and `Reset-After`: here Reset-After.
+/// ARCHITECTURE.md §4.7: after a `user` 429 the bucket waits the larger of
+/// the body's `retry_after` and `Reset-After`: here Reset-After.
 #[tokio::test(start_paused = true)]
 async fn user_429_waits_the_reset_after_when_it_is_larger() {
     let (info, gap) = wait_after_user_429(Override::UserLimit {
@@ -440,18 +440,24 @@ async fn user_429_waits_the_reset_after_when_it_is_larger() {
     assert_eq!(ms(gap), 2000, "waited {gap:?}");
 }
 
-/// Bucket rules: after a `user` 429 the bucket waits the largest of the
-/// body's `retry_after`, `Retry-After` and `Reset-After`: here Retry-After.
+/// ARCHITECTURE.md §4.7: after a `user` 429 the bucket waits the larger of
+/// the precise values (body `retry_after`, `Reset-After`); the whole-second
+/// `Retry-After` counts only when neither is there: here it is alone.
 #[tokio::test(start_paused = true)]
-async fn user_429_waits_the_retry_after_header_when_it_is_larger() {
-    let (info, gap) = wait_after_user_429(Override::UserLimit {
-        body_retry_after: 0.5,
-        reset_after: 1.0,
-        retry_after_header: 3,
+async fn user_429_waits_the_retry_after_header_only_without_precise_values() {
+    let (info, gap) = wait_after_user_429(Override::Raw {
+        status: 429,
+        headers: vec![
+            ("x-ratelimit-scope".to_owned(), "user".to_owned()),
+            ("retry-after".to_owned(), "3".to_owned()),
+            ("content-type".to_owned(), "application/json".to_owned()),
+        ],
+        body: r#"{"message": "You are being rate limited.", "global": false}"#.to_owned(),
     })
     .await;
     let t = info.too_many_requests.expect("a 429 is described");
-    assert_eq!(t.retry_after, Some(Duration::from_secs(3)));
+    assert_eq!(t.retry_after, None);
+    assert_eq!(info.retry_after, Some(Duration::from_secs(3)));
     assert_eq!(ms(gap), 3000, "waited {gap:?}");
 }
 

@@ -840,8 +840,9 @@ async fn shared_429_holds_the_bucket_and_is_not_invalid() {
     assert_eq!(Instant::now(), t0);
 
     // Body 1.5 s, `X-RateLimit-Reset-After: 1.5`, `Retry-After: 2`: the
-    // largest, 2 s, holds the bucket.
-    sleep_until(t0 + ms(1999)).await;
+    // precise 1.5 s holds the bucket, not the whole-second `Retry-After`
+    // (ARCHITECTURE.md §4.7).
+    sleep_until(t0 + ms(1499)).await;
     assert_eq!(
         h.sim.requests_matching("/channels/9/").len(),
         2,
@@ -850,7 +851,7 @@ async fn shared_429_holds_the_bucket_and_is_not_invalid() {
     assert_eq!(held.await.unwrap(), 200);
     let log = h.sim.requests_matching("/channels/9/");
     assert_eq!(log.len(), 3);
-    assert_eq!(log[2].arrival - t0, Duration::from_secs(2));
+    assert_eq!(log[2].arrival - t0, ms(1500));
     assert_eq!(h.sim.count_429(), 1);
     assert_eq!(h.limiter().invalid_requests(Some(&auth("a"))), 0);
 }

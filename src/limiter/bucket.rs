@@ -4,15 +4,32 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::headers::RateLimitInfo;
+use crate::headers::{RateLimitInfo, MAX_WAIT};
 
-/// Without an absolute `X-RateLimit-Reset`, a response whose reset lies this
-/// much past the local one is taken to speak of a later window.
+/// Without a window id to go by, a response whose reset lies this much past
+/// the local one is taken to speak of a later window.
 const WINDOW_TOLERANCE: Duration = Duration::from_millis(100);
+
+/// How far a window id and the reset an answer gives may disagree, on our
+/// clock, with the current window's id and end and the id still be believed
+/// (ARCHITECTURE.md §4.4). Latency and `Date`'s whole seconds (a reset from
+/// `X-RateLimit-Reset` against `Date` errs late by up to one) stay well
+/// within it; a wrong id rarely does, and then costs at most this long.
+const ID_SKEW: Duration = Duration::from_secs(2);
 
 /// How long an empty window whose server gave no reset waits before it is
 /// refilled anyway.
 const FALLBACK_RESET: Duration = Duration::from_secs(1);
+
+/// How an answer's window stands to the current one.
+enum Order {
+    /// A window that is over: nothing to learn.
+    Stale,
+    /// The current window: remaining only falls.
+    Same,
+    /// A later window starts.
+    Later,
+}
 
 /// The local view of one bucket's quota.
 #[derive(Debug, Clone)]
@@ -26,6 +43,11 @@ pub(crate) struct Bucket {
     reset: Option<Instant>,
     /// The latest server window seen (`X-RateLimit-Reset` in milliseconds).
     window: Option<u64>,
+    /// Where the current server window ends on our clock, the earliest any
+    /// of its answers placed it (a late answer only places it later), kept
+    /// after the local refill: with `window`, it converts window ids to our
+    /// clock; without, no answer can speak of a later window before it.
+    window_end: Option<Instant>,
     /// Requests granted and not yet answered or released.
     in_flight: u32,
     /// Held by a 429 until then.
@@ -45,6 +67,7 @@ impl Bucket {
             remaining: 0,
             reset: None,
             window: None,
+            window_end: None,
             in_flight: 0,
             blocked_until: None,
             unlimited: false,
@@ -73,14 +96,16 @@ impl Bucket {
             self.blocked_until = None;
         }
         let Some(limit) = self.limit else { return };
-        let passed = self.reset.is_some_and(|r| r <= now);
-        // With no reset known and nothing in flight, no response will ever
-        // tell one: start afresh rather than stick.
-        let stuck = self.reset.is_none() && self.in_flight == 0 && self.remaining == 0;
-        if passed || stuck {
+        if self.reset.is_some_and(|r| r <= now) {
             self.remaining = limit.saturating_sub(self.in_flight);
             self.reset = None;
             self.generation = self.generation.wrapping_add(1);
+        } else if self.reset.is_none() && self.in_flight == 0 && self.remaining == 0 {
+            // Empty, with no reset known and nothing in flight: no answer
+            // will tell one. Wait the fallback rather than stick, but never
+            // refill without a reset passing, or answers that are ignored
+            // (stale ones) would leave the bucket unlimited (§4.8).
+            self.reset = Some(now + FALLBACK_RESET);
         }
     }
 
@@ -142,13 +167,18 @@ impl Bucket {
 
     /// A 429 for this bucket: hold it until `until`. A `user` 429
     /// (`exhausted`) also says the server's window ends then, so the window
-    /// refills at `until` rather than at a later local estimate; a `shared`
-    /// one says nothing of this user's quota, which is kept.
+    /// refills at `until` rather than at a later local estimate, and, when
+    /// no answer placed the current window on our clock yet (answers with a
+    /// window id but no `Reset-After`), it places it there; a `shared` one
+    /// says nothing of this user's quota, which is kept.
     pub(crate) fn block(&mut self, until: Instant, exhausted: bool) {
         self.blocked_until = Some(self.blocked_until.map_or(until, |b| b.max(until)));
         if exhausted && self.limit.is_some() {
             self.remaining = 0;
             self.reset = Some(until);
+            if self.window.is_some() && self.window_end.is_none() {
+                self.window_end = Some(until);
+            }
         }
     }
 
@@ -172,41 +202,112 @@ impl Bucket {
             self.remaining = self.remaining.min(l);
         }
         let Some(limit) = self.limit else { return };
-        let reset = info.reset_after.map(|d| now + d);
-        let later = match (info.reset_millis, self.window) {
-            _ if fresh => true,
-            (Some(id), Some(seen)) if id < seen => return,
-            // A late answer of a window already refilled locally.
-            (Some(id), Some(seen)) if id == seen && self.reset.is_none() => return,
-            (Some(id), Some(seen)) => id > seen,
-            (Some(_), None) => true,
-            (None, _) => match (reset, self.reset) {
-                (Some(new), Some(cur)) => new > cur + WINDOW_TOLERANCE,
-                (_, None) => true,
-                (None, Some(_)) => false,
+        let id = info.reset_millis;
+        // Where the answer's window ends on our clock: its own
+        // `Reset-After`, else its id converted through the current window.
+        let reset = info
+            .reset_after
+            .map(|d| now + d)
+            .or_else(|| id.and_then(|id| self.place(id, now)));
+        let believed = id.filter(|&id| !fresh && self.believes(id, reset));
+        let order = match believed {
+            _ if fresh => Order::Later,
+            Some(id) => match self.window {
+                Some(seen) if id > seen => Order::Later,
+                Some(seen) if id < seen => Order::Stale,
+                // A late answer of a window that is over and refilled.
+                _ if self.reset.is_none() && self.window_end.is_some_and(|e| e <= now) => {
+                    Order::Stale
+                }
+                _ => Order::Same,
             },
+            // No id, or one its own reset does not back: by the reset, but
+            // never a later window against an id that says it is the same
+            // or an earlier one (a late answer places its reset late).
+            None => {
+                let contradicted =
+                    matches!((id, self.window), (Some(id), Some(seen)) if id <= seen);
+                // Nor before the current window can have ended: its end
+                // is no later than the earliest any answer placed it.
+                let over = self
+                    .window_end
+                    .is_none_or(|end| now + WINDOW_TOLERANCE >= end);
+                match (reset, self.reset) {
+                    (_, None) => Order::Later,
+                    (Some(new), Some(cur))
+                        if new > cur + WINDOW_TOLERANCE && over && !contradicted =>
+                    {
+                        Order::Later
+                    }
+                    _ => Order::Same,
+                }
+            }
         };
         let header_remaining = info.remaining.unwrap_or(self.remaining).min(limit);
-        if later {
-            // Requests still in flight may land in this window yet.
-            let left = header_remaining.saturating_sub(self.in_flight);
-            self.remaining = if fresh || self.reset.is_some() {
-                left
-            } else {
-                self.remaining.min(left)
-            };
-            self.reset = reset;
-            self.window = info.reset_millis.or(self.window);
-            self.generation = self.generation.wrapping_add(1);
-        } else {
-            self.remaining = self.remaining.min(header_remaining);
-            if let Some(new) = reset {
-                self.reset = Some(self.reset.map_or(new, |cur| cur.max(new)));
+        match order {
+            Order::Stale => return,
+            Order::Later => {
+                // Requests still in flight may land in this window yet.
+                let left = header_remaining.saturating_sub(self.in_flight);
+                self.remaining = if fresh || self.reset.is_some() {
+                    left
+                } else {
+                    self.remaining.min(left)
+                };
+                self.reset = reset;
+                self.window = id;
+                self.window_end = reset;
+                self.generation = self.generation.wrapping_add(1);
+            }
+            Order::Same => {
+                self.remaining = self.remaining.min(header_remaining);
+                if let Some(new) = reset {
+                    self.reset = Some(self.reset.map_or(new, |cur| cur.max(new)));
+                }
+                // An answer of this very window may place its end earlier.
+                if believed.is_some() || (id.is_none() && self.window.is_none()) {
+                    if let (Some(new), Some(end)) = (reset, self.window_end) {
+                        self.window_end = Some(end.min(new));
+                    }
+                }
             }
         }
         if self.remaining == 0 && self.reset.is_none() {
             self.reset = Some(now + FALLBACK_RESET);
         }
+    }
+
+    /// Where window `id` ends on our clock, by the current window's id and
+    /// end; `None` without them, or when that is more than [`MAX_WAIT`]
+    /// away (no such id is believed).
+    fn place(&self, id: u64, now: Instant) -> Option<Instant> {
+        let (seen, end) = (self.window?, self.window_end?);
+        let placed = if id >= seen {
+            end.checked_add(Duration::from_millis(id - seen))?
+        } else {
+            end.checked_sub(Duration::from_millis(seen - id))?
+        };
+        let far = now.checked_add(MAX_WAIT)?;
+        (placed <= far && placed + MAX_WAIT >= now).then_some(placed)
+    }
+
+    /// Whether window id `id` is believed (ARCHITECTURE.md §4.4): it is
+    /// only as far as the answer's own reset backs it, so the distance
+    /// between it and the current window's id must be the distance between
+    /// their ends on our clock, within [`ID_SKEW`]. Without a reset of its
+    /// own, or a current window placed on our clock, nothing backs it.
+    fn believes(&self, id: u64, reset: Option<Instant>) -> bool {
+        let (Some(seen), Some(end), Some(reset)) = (self.window, self.window_end, reset) else {
+            return false;
+        };
+        // Both differences in signed milliseconds.
+        let by_id = i128::from(id) - i128::from(seen);
+        let by_clock = if reset >= end {
+            (reset - end).as_millis() as i128
+        } else {
+            -((end - reset).as_millis() as i128)
+        };
+        (by_clock - by_id).abs() <= ID_SKEW.as_millis() as i128
     }
 
     /// Nothing waits or flies and the bucket has been idle past its reset by
@@ -224,6 +325,9 @@ impl Bucket {
             .is_some_and(|expiry| now >= expiry)
     }
 }
+
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 mod tests {
@@ -419,9 +523,126 @@ mod tests {
         b.release(g, true);
         b.apply(&i, t1);
         assert_eq!(b.check(t1), Some(Some(t1 + FALLBACK_RESET)));
-        // Nothing in flight, no reset, nothing left: never stuck.
+        // Nothing in flight, no reset, nothing left: never stuck, but
+        // never refilled before a reset passes either (§4.8).
         b.reset = None;
+        assert_eq!(b.check(t1), Some(Some(t1 + FALLBACK_RESET)));
+        assert_eq!(b.check(t1 + FALLBACK_RESET), None);
+    }
+
+    /// ARCHITECTURE.md §4.4: one answer whose window id lies far ahead of
+    /// its own reset does not make the later, normal answers look stale.
+    #[test]
+    fn a_far_future_window_id_is_not_believed() {
+        for first in [true, false] {
+            let t0 = Instant::now();
+            let mut b = Bucket::new(t0);
+            grant(&mut b, t0);
+            b.release(0, true);
+            let far = 9_999_999_999_000;
+            if first {
+                b.apply(&info(5, 4, 1.0, far), t0);
+            } else {
+                b.apply(&info(5, 4, 1.0, 1000), t0);
+                b.apply(&info(5, 4, 1.0, far), t0);
+            }
+            b.apply(&info(5, 2, 1.0, 1000), t0);
+            assert_eq!(b.remaining(), 2, "the current window's answer counts");
+            b.apply(&info(5, 0, 1.0, 1000), t0);
+            assert_eq!(b.check(t0), Some(Some(t0 + Duration::from_secs(1))));
+            // The next window: refilled, then its answers count again.
+            let t1 = t0 + Duration::from_secs(1);
+            assert_eq!(b.check(t1), None);
+            for _ in 0..3 {
+                b.take(t1);
+            }
+            b.apply(&info(5, 4, 1.0, 2000), t1);
+            assert_eq!(b.remaining(), 1, "4 left minus the 3 in flight");
+            b.apply(&info(5, 0, 1.0, 2000), t1);
+            assert_eq!(b.check(t1), Some(Some(t1 + Duration::from_secs(1))));
+        }
+    }
+
+    /// ARCHITECTURE.md §4.4, §4.8: answers with a window id but no reset
+    /// (no `Reset-After`, no `Date`) still lower `remaining`, and an empty
+    /// window never refills before a reset passes.
+    #[test]
+    fn window_ids_without_a_reset_still_count() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0);
+        grant(&mut b, t0);
+        b.release(0, true);
+        let id_only = |remaining| {
+            let mut i = info(3, remaining, 1.0, 5000);
+            i.reset_after = None;
+            i
+        };
+        b.apply(&id_only(2), t0);
+        let g = grant(&mut b, t0);
+        b.release(g, true);
+        b.apply(&id_only(1), t0);
+        assert_eq!(b.remaining(), 1);
+        let g = grant(&mut b, t0);
+        b.release(g, true);
+        b.apply(&id_only(0), t0);
+        let t1 = t0 + FALLBACK_RESET;
+        assert_eq!(b.check(t0), Some(Some(t1)), "empty: waits the fallback");
         assert_eq!(b.check(t1), None);
+        // A guess: the server says its window still runs, and is believed.
+        let g = b.take(t1);
+        b.release(g, true);
+        b.apply(&id_only(0), t1);
+        assert_eq!(b.check(t1), Some(Some(t1 + FALLBACK_RESET)));
+        // A user 429 places the window on our clock (it ends with the hold):
+        // an answer naming the next window is placed from it.
+        let t2 = t1 + Duration::from_millis(300);
+        b.block(t2, true);
+        let mut next = id_only(2);
+        next.reset_millis = Some(7000);
+        let g = b.take(t2);
+        b.release(g, true);
+        b.apply(&next, t2);
+        assert_eq!(b.remaining(), 2);
+        assert_eq!(b.known_wait(t2), None);
+        b.take(t2);
+        b.take(t2);
+        assert_eq!(b.check(t2), Some(Some(t2 + Duration::from_secs(2))));
+    }
+
+    /// ARCHITECTURE.md §3: a `Reset-After` clamped to one day holds the
+    /// empty bucket one day, not the one-second fallback.
+    #[test]
+    fn a_day_long_reset_holds_a_day() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0);
+        grant(&mut b, t0);
+        b.release(0, true);
+        let mut i = info(1, 0, 1.0, 1000);
+        i.reset_after = Some(MAX_WAIT);
+        b.apply(&i, t0);
+        assert_eq!(b.check(t0 + FALLBACK_RESET), Some(Some(t0 + MAX_WAIT)));
+        assert_eq!(b.check(t0 + MAX_WAIT), None);
+    }
+
+    /// A late answer of the current window, later than [`ID_SKEW`]: its
+    /// reset lies late, its id says it is the current window; it only
+    /// lowers `remaining`.
+    #[test]
+    fn a_very_late_answer_never_raises_remaining() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0);
+        grant(&mut b, t0);
+        b.release(0, true);
+        b.apply(&info(3, 2, 5.0, 5000), t0);
+        let late = grant(&mut b, t0);
+        let g = grant(&mut b, t0);
+        b.release(g, true);
+        b.apply(&info(3, 0, 5.0, 5000), t0);
+        let t = t0 + Duration::from_secs(3);
+        b.release(late, true);
+        b.apply(&info(3, 1, 5.0, 5000), t);
+        assert_eq!(b.remaining(), 0);
+        assert_eq!(b.check(t), Some(Some(t + Duration::from_secs(5))));
     }
 
     #[test]

@@ -324,7 +324,7 @@ impl Manager {
     ) -> Option<Duration> {
         let rejected = info.too_many_requests.as_ref();
         let invalid = is_invalid_status(status) || rejected.is_some_and(|t| t.is_invalid());
-        let hold = hold_of(info);
+        let hold = info.hold();
         if invalid {
             self.invalid_total.add(now);
         }
@@ -366,7 +366,7 @@ impl Manager {
         at: Instant,
         now: Instant,
     ) -> bool {
-        let (Some(t), Some(hold)) = (info.too_many_requests.as_ref(), hold_of(info)) else {
+        let (Some(t), Some(hold)) = (info.too_many_requests.as_ref(), info.hold()) else {
             return false;
         };
         if t.global {
@@ -496,6 +496,9 @@ impl Manager {
         // to its new bucket: they are the route's own.
         let mut carry = false;
         let mut stale = false;
+        // The route had no hash of its own but was granted under a hash:
+        // it waited on a sibling's bucket (§4.6).
+        let guessed = matches!(key.id, BucketId::Hash(_)) && !self.routes.contains_key(&route);
         if let Some(hash) = &info.bucket {
             let hash = hash.as_str();
             let current = self.routes.get(&route);
@@ -541,7 +544,9 @@ impl Manager {
         let moved = target.is_some();
         let mut carried = 0;
         if let Some(entry) = self.buckets.get_mut(&key) {
-            entry.bucket.release(generation, true);
+            // A wrong guess: the server counted the request in the bucket
+            // its answer names, not in the sibling's, whose slot comes back.
+            entry.bucket.release(generation, !(guessed && moved));
             entry.wake();
             if carry && moved {
                 carried = entry.bucket.in_flight();
@@ -698,16 +703,6 @@ impl Manager {
             .get_mut(&auth)
             .map_or(0, |a| a.invalid.count(now))
     }
-}
-
-/// How long a 429 holds: its body's `retry_after` (which already takes the
-/// headers' waits into account), else the largest of `Retry-After` and, for a
-/// bucket, `Reset-After`.
-fn hold_of(info: &RateLimitInfo) -> Option<Duration> {
-    let t = info.too_many_requests.as_ref()?;
-    let reset_after = if t.global { None } else { info.reset_after };
-    t.retry_after
-        .or_else(|| [info.retry_after, reset_after].into_iter().flatten().max())
 }
 
 /// The invalid-request ceilings (ARCHITECTURE.md §6), the authentication's
