@@ -73,4 +73,11 @@ pub enum Error {
         /// The configured limiter-wide ceiling.
         ceiling: u32,
     },
+    /// The rate-limit store (see [`Store`](crate::store::Store)) could not
+    /// answer; the request was not sent.
+    #[error("rate-limit store unavailable: {reason}; request not sent")]
+    StoreUnavailable {
+        /// What went wrong.
+        reason: String,
+    },
 }

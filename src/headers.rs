@@ -181,6 +181,7 @@ impl RateLimitInfo {
     }
 
     /// Whether the response carried a bucket's headers.
+    #[cfg(test)]
     pub(crate) fn has_bucket_headers(&self) -> bool {
         self.bucket.is_some() || self.limit.is_some() || self.remaining.is_some()
     }

@@ -8,6 +8,7 @@ use tower_layer::Layer;
 use crate::limiter::{Config, Limiter};
 use crate::route::{DiscordResolver, RouteResolver};
 use crate::service::RateLimit;
+use crate::store::{Policy, Store};
 
 /// Applies server-guided, per-route rate limiting to a service.
 ///
@@ -88,11 +89,9 @@ impl Builder {
         Self {
             config: Config {
                 max_rate_limit: Duration::from_secs(300),
-                global_per_second: Some(50),
-                expire_after: Duration::from_secs(10),
-                invalid_ceiling: None,
-                invalid_ceiling_total: None,
+                policy: Policy::default(),
                 resolver: Arc::new(DiscordResolver),
+                store: None,
             },
         }
     }
@@ -110,13 +109,13 @@ impl Builder {
     /// Default `Some(50)`, Discord's limit for most bots; `Some(0)` is taken
     /// as 1. A global 429 lowers it for a while.
     pub fn global_limit(mut self, per_second: Option<u32>) -> Self {
-        self.config.global_per_second = per_second.map(|n| n.max(1));
+        self.config.policy.global_per_second = per_second.map(|n| n.max(1));
         self
     }
 
     /// How long past its reset an idle bucket is kept. Default 10 s.
     pub fn expire_after(mut self, expire_after: Duration) -> Self {
-        self.config.expire_after = expire_after;
+        self.config.policy.expire_after = expire_after;
         self
     }
 
@@ -145,7 +144,7 @@ impl Builder {
     /// /oauth2/token`) are bounded too. See also
     /// [`invalid_request_ceiling_total`](Self::invalid_request_ceiling_total).
     pub fn invalid_request_ceiling(mut self, ceiling: Option<u32>) -> Self {
-        self.config.invalid_ceiling = ceiling;
+        self.config.policy.invalid_ceiling = ceiling;
         self
     }
 
@@ -162,7 +161,7 @@ impl Builder {
     /// It covers the requests of this limiter only: share one limiter
     /// between the clients of one IP. Default `None` (off).
     pub fn invalid_request_ceiling_total(mut self, ceiling: Option<u32>) -> Self {
-        self.config.invalid_ceiling_total = ceiling;
+        self.config.policy.invalid_ceiling_total = ceiling;
         self
     }
 
@@ -170,6 +169,16 @@ impl Builder {
     /// extension get one. Default [`DiscordResolver`].
     pub fn resolver(mut self, resolver: impl RouteResolver) -> Self {
         self.config.resolver = Arc::new(resolver);
+        self
+    }
+
+    /// Where the limits' state lives. Default: a new [`MemoryStore`] for
+    /// each limiter built, in this process. Limiters built with one store
+    /// share their limits (each keeps its own queues).
+    ///
+    /// [`MemoryStore`]: crate::store::MemoryStore
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.config.store = Some(store);
         self
     }
 

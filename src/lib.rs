@@ -117,6 +117,7 @@ pub mod reqwest;
 pub mod retry;
 pub mod route;
 mod service;
+pub mod store;
 
 pub use body::ResponseBody;
 pub use error::Error;
@@ -125,6 +126,7 @@ pub use headers::{BucketHash, RateLimitInfo, Scope, TooManyRequests};
 pub use layer::{Builder, RateLimitLayer};
 pub use limiter::{AuthHash, Limiter, Stats};
 pub use service::RateLimit;
+pub use store::{MemoryStore, Store};
 
 /// The service's error type, the same as `tower::BoxError`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

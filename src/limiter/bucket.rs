@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::headers::{RateLimitInfo, MAX_WAIT};
+use crate::headers::MAX_WAIT;
+use crate::store::ResponseFacts;
 
 /// Without a window id to go by, a response whose reset lies this much past
 /// the local one is taken to speak of a later window.
@@ -190,7 +191,7 @@ impl Bucket {
     }
 
     /// Learns from a response's headers.
-    pub(crate) fn apply(&mut self, info: &RateLimitInfo, now: Instant) {
+    pub(crate) fn apply(&mut self, info: &ResponseFacts<'_>, now: Instant) {
         self.last_used = now;
         self.unlimited = false;
         let fresh = self.limit.is_none();
@@ -202,7 +203,7 @@ impl Bucket {
             self.remaining = self.remaining.min(l);
         }
         let Some(limit) = self.limit else { return };
-        let id = info.reset_millis;
+        let id = info.window;
         // Where the answer's window ends on our clock: its own
         // `Reset-After`, else its id converted through the current window.
         let reset = info
@@ -332,6 +333,11 @@ mod properties;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::RateLimitInfo;
+
+    fn facts(info: &RateLimitInfo) -> ResponseFacts<'_> {
+        ResponseFacts::from_info(http::StatusCode::OK, info, Instant::now())
+    }
 
     fn info(limit: u32, remaining: u32, reset_after: f64, window: u64) -> RateLimitInfo {
         RateLimitInfo {
@@ -356,7 +362,7 @@ mod tests {
         grant(&mut b, t0);
         assert_eq!(b.check(t0), Some(None));
         b.release(0, true);
-        b.apply(&info(5, 4, 1.0, 1000), t0);
+        b.apply(&facts(&info(5, 4, 1.0, 1000)), t0);
         for _ in 0..4 {
             grant(&mut b, t0);
         }
@@ -370,7 +376,7 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&info(5, 4, 1.0, 1000), t0);
+        b.apply(&facts(&info(5, 4, 1.0, 1000)), t0);
         for _ in 0..4 {
             grant(&mut b, t0);
         }
@@ -385,16 +391,16 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&info(10, 5, 1.0, 1000), t0);
+        b.apply(&facts(&info(10, 5, 1.0, 1000)), t0);
         assert_eq!(b.remaining(), 5);
-        b.apply(&info(10, 9, 1.0, 1000), t0); // stale, out of order
+        b.apply(&facts(&info(10, 9, 1.0, 1000)), t0); // stale, out of order
         assert_eq!(b.remaining(), 5);
-        b.apply(&info(10, 2, 1.0, 1000), t0);
+        b.apply(&facts(&info(10, 2, 1.0, 1000)), t0);
         assert_eq!(b.remaining(), 2);
-        b.apply(&info(10, 9, 1.0, 900), t0); // an earlier window
+        b.apply(&facts(&info(10, 9, 1.0, 900)), t0); // an earlier window
         assert_eq!(b.remaining(), 2);
         let t = t0 + Duration::from_millis(500);
-        b.apply(&info(10, 8, 1.0, 2000), t); // a later window starts
+        b.apply(&facts(&info(10, 8, 1.0, 2000)), t); // a later window starts
         assert_eq!(b.remaining(), 8);
         assert_eq!(b.check(t0 + Duration::from_millis(1400)), None);
     }
@@ -405,12 +411,12 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&info(2, 1, 1.0, 1000), t0);
+        b.apply(&facts(&info(2, 1, 1.0, 1000)), t0);
         let g = grant(&mut b, t0);
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(b.check(t1), None, "refilled");
         b.release(g, true);
-        b.apply(&info(2, 0, 0.01, 1000), t1);
+        b.apply(&facts(&info(2, 0, 0.01, 1000)), t1);
         assert_eq!(b.check(t1), None, "the old window's answer neither blocks");
         assert_eq!(b.remaining(), 1);
         b.take(t1);
@@ -427,8 +433,8 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&info(10, 9, 1.0, 1000), t0);
-        b.apply(&info(3, 9, 1.0, 1000), t0);
+        b.apply(&facts(&info(10, 9, 1.0, 1000)), t0);
+        b.apply(&facts(&info(3, 9, 1.0, 1000)), t0);
         assert_eq!(b.limit(), Some(3));
         assert_eq!(b.remaining(), 3);
     }
@@ -439,7 +445,7 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&info(2, 1, 1.0, 1000), t0);
+        b.apply(&facts(&info(2, 1, 1.0, 1000)), t0);
         let g = grant(&mut b, t0);
         assert_eq!(b.remaining(), 0);
         b.release(g, false);
@@ -461,7 +467,7 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&info(5, 4, 1.0, 1000), t0);
+        b.apply(&facts(&info(5, 4, 1.0, 1000)), t0);
         let until = t0 + Duration::from_secs(3);
         b.block(until, true);
         assert_eq!(b.check(t0), Some(Some(until)));
@@ -476,7 +482,7 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&info(5, 4, 5.0, 1000), t0);
+        b.apply(&facts(&info(5, 4, 5.0, 1000)), t0);
         let until = t0 + Duration::from_secs(2);
         b.block(until, true);
         assert_eq!(
@@ -489,7 +495,7 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&info(5, 4, 5.0, 1000), t0);
+        b.apply(&facts(&info(5, 4, 5.0, 1000)), t0);
         b.block(until, false);
         assert_eq!(b.check(t0), Some(Some(until)));
         assert_eq!(b.check(until), None, "shared 429: held 2 s only");
@@ -514,14 +520,14 @@ mod tests {
         let mut i = info(1, 0, 1.0, 1000);
         i.reset_after = None;
         i.reset_millis = None;
-        b.apply(&i, t0);
+        b.apply(&facts(&i), t0);
         let t1 = t0 + FALLBACK_RESET;
         assert_eq!(b.check(t0), Some(Some(t1)));
         assert_eq!(b.check(t1), None);
         let g = b.take(t1);
         assert_eq!(b.check(t1), Some(None));
         b.release(g, true);
-        b.apply(&i, t1);
+        b.apply(&facts(&i), t1);
         assert_eq!(b.check(t1), Some(Some(t1 + FALLBACK_RESET)));
         // Nothing in flight, no reset, nothing left: never stuck, but
         // never refilled before a reset passes either (§4.8).
@@ -541,14 +547,14 @@ mod tests {
             b.release(0, true);
             let far = 9_999_999_999_000;
             if first {
-                b.apply(&info(5, 4, 1.0, far), t0);
+                b.apply(&facts(&info(5, 4, 1.0, far)), t0);
             } else {
-                b.apply(&info(5, 4, 1.0, 1000), t0);
-                b.apply(&info(5, 4, 1.0, far), t0);
+                b.apply(&facts(&info(5, 4, 1.0, 1000)), t0);
+                b.apply(&facts(&info(5, 4, 1.0, far)), t0);
             }
-            b.apply(&info(5, 2, 1.0, 1000), t0);
+            b.apply(&facts(&info(5, 2, 1.0, 1000)), t0);
             assert_eq!(b.remaining(), 2, "the current window's answer counts");
-            b.apply(&info(5, 0, 1.0, 1000), t0);
+            b.apply(&facts(&info(5, 0, 1.0, 1000)), t0);
             assert_eq!(b.check(t0), Some(Some(t0 + Duration::from_secs(1))));
             // The next window: refilled, then its answers count again.
             let t1 = t0 + Duration::from_secs(1);
@@ -556,9 +562,9 @@ mod tests {
             for _ in 0..3 {
                 b.take(t1);
             }
-            b.apply(&info(5, 4, 1.0, 2000), t1);
+            b.apply(&facts(&info(5, 4, 1.0, 2000)), t1);
             assert_eq!(b.remaining(), 1, "4 left minus the 3 in flight");
-            b.apply(&info(5, 0, 1.0, 2000), t1);
+            b.apply(&facts(&info(5, 0, 1.0, 2000)), t1);
             assert_eq!(b.check(t1), Some(Some(t1 + Duration::from_secs(1))));
         }
     }
@@ -577,21 +583,21 @@ mod tests {
             i.reset_after = None;
             i
         };
-        b.apply(&id_only(2), t0);
+        b.apply(&facts(&id_only(2)), t0);
         let g = grant(&mut b, t0);
         b.release(g, true);
-        b.apply(&id_only(1), t0);
+        b.apply(&facts(&id_only(1)), t0);
         assert_eq!(b.remaining(), 1);
         let g = grant(&mut b, t0);
         b.release(g, true);
-        b.apply(&id_only(0), t0);
+        b.apply(&facts(&id_only(0)), t0);
         let t1 = t0 + FALLBACK_RESET;
         assert_eq!(b.check(t0), Some(Some(t1)), "empty: waits the fallback");
         assert_eq!(b.check(t1), None);
         // A guess: the server says its window still runs, and is believed.
         let g = b.take(t1);
         b.release(g, true);
-        b.apply(&id_only(0), t1);
+        b.apply(&facts(&id_only(0)), t1);
         assert_eq!(b.check(t1), Some(Some(t1 + FALLBACK_RESET)));
         // A user 429 places the window on our clock (it ends with the hold):
         // an answer naming the next window is placed from it.
@@ -601,7 +607,7 @@ mod tests {
         next.reset_millis = Some(7000);
         let g = b.take(t2);
         b.release(g, true);
-        b.apply(&next, t2);
+        b.apply(&facts(&next), t2);
         assert_eq!(b.remaining(), 2);
         assert_eq!(b.known_wait(t2), None);
         b.take(t2);
@@ -619,7 +625,7 @@ mod tests {
         b.release(0, true);
         let mut i = info(1, 0, 1.0, 1000);
         i.reset_after = Some(MAX_WAIT);
-        b.apply(&i, t0);
+        b.apply(&facts(&i), t0);
         assert_eq!(b.check(t0 + FALLBACK_RESET), Some(Some(t0 + MAX_WAIT)));
         assert_eq!(b.check(t0 + MAX_WAIT), None);
     }
@@ -633,14 +639,14 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&info(3, 2, 5.0, 5000), t0);
+        b.apply(&facts(&info(3, 2, 5.0, 5000)), t0);
         let late = grant(&mut b, t0);
         let g = grant(&mut b, t0);
         b.release(g, true);
-        b.apply(&info(3, 0, 5.0, 5000), t0);
+        b.apply(&facts(&info(3, 0, 5.0, 5000)), t0);
         let t = t0 + Duration::from_secs(3);
         b.release(late, true);
-        b.apply(&info(3, 1, 5.0, 5000), t);
+        b.apply(&facts(&info(3, 1, 5.0, 5000)), t);
         assert_eq!(b.remaining(), 0);
         assert_eq!(b.check(t), Some(Some(t + Duration::from_secs(5))));
     }
@@ -653,7 +659,7 @@ mod tests {
         let g = grant(&mut b, t0);
         assert!(!b.is_stale(t0 + ten * 5, ten), "in flight");
         b.release(g, true);
-        b.apply(&info(5, 4, 2.0, 1000), t0);
+        b.apply(&facts(&info(5, 4, 2.0, 1000)), t0);
         assert!(!b.is_stale(t0 + ten, ten));
         assert!(b.is_stale(t0 + ten + Duration::from_secs(2), ten));
     }

@@ -3,11 +3,8 @@
 //! requests. Pure state machines with time passed in.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -299,42 +296,6 @@ pub(crate) struct AuthState {
     /// Whether its latest answer was valid: a request of it dropped in
     /// flight, whose answer is never seen, is then not counted as invalid.
     pub(crate) known_valid: bool,
-    /// The requests waiting on the global limit.
-    pub(crate) queue: Arc<GlobalQueue>,
-}
-
-/// The requests of one authentication waiting on its global limit: first
-/// come first served, and only the head (the holder of `turn`) listens for
-/// a freed slot, so that a freed slot wakes one request, not all.
-#[derive(Debug, Default)]
-pub(crate) struct GlobalQueue {
-    pub(crate) freed: Notify,
-    pub(crate) turn: Arc<tokio::sync::Mutex<()>>,
-    waiting: AtomicUsize,
-}
-
-impl GlobalQueue {
-    /// Whether anyone waits (or holds the turn): newcomers then queue too.
-    pub(crate) fn is_waited(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed) > 0
-    }
-}
-
-/// A place in a [`GlobalQueue`], counted until dropped.
-#[derive(Debug)]
-pub(crate) struct GlobalWaiter(Arc<GlobalQueue>);
-
-impl GlobalWaiter {
-    pub(crate) fn new(queue: &Arc<GlobalQueue>) -> Self {
-        queue.waiting.fetch_add(1, Ordering::Relaxed);
-        Self(Arc::clone(queue))
-    }
-}
-
-impl Drop for GlobalWaiter {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Gives back the room of a queue that emptied (ARCHITECTURE.md §7.2):
@@ -372,7 +333,6 @@ impl AuthState {
             limit: per_second.map(|n| GlobalLimit::new(n, now)),
             invalid: InvalidGuard::default(),
             known_valid: false,
-            queue: Arc::default(),
         }
     }
 
@@ -391,8 +351,7 @@ impl AuthState {
     }
 
     pub(crate) fn is_idle(&mut self, now: Instant) -> bool {
-        Arc::strong_count(&self.queue) == 1
-            && self.throttled(now).is_none()
+        self.throttled(now).is_none()
             && self.invalid.count(now) == 0
             && self.invalid.in_flight() == 0
             && self.limit.as_mut().is_none_or(|l| l.is_idle(now))

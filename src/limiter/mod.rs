@@ -1,10 +1,11 @@
 //! The limiter: bucket state shared by every service, clone and layer that
 //! uses it.
 //!
-//! The state is a store that decides and updates atomically and never
-//! sleeps (`manager`, over the pure `bucket` and `global` state machines).
-//! Queueing (first come first served per bucket, so that only the head asks
-//! the store), sleeping, cancellation and `max_rate_limit` live here.
+//! The state is a [`Store`] that decides and updates atomically and never
+//! sleeps ([`MemoryStore`] by default, over the pure `bucket` and `global`
+//! state machines). Queueing (first come first served per bucket, so that
+//! only the head asks the store), sleeping, cancellation and
+//! `max_rate_limit` live here, for every store (ARCHITECTURE.md §9).
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -12,30 +13,30 @@ use std::future::Future;
 use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::layer::Builder;
-use crate::route::{CompiledRoute, RouteResolver};
+use crate::route::{CompiledRoute, Limits, RouteResolver};
+use crate::store::{AcquireRequest, Acquired, Call, Policy, Store};
 
 mod bucket;
 mod global;
 mod hash;
 #[cfg(test)]
 mod lifecycle_tests;
-mod manager;
+mod memory;
 mod ticket;
 mod wait;
 
 pub(crate) use hash::FastSet;
-use manager::{Acquire, Manager, Pass};
+pub use memory::MemoryStore;
 pub(crate) use ticket::{Pending429, Ticket};
-use wait::{wait_pass, wait_turn, Waiter};
+use wait::{acquire_later, wait_pass, wait_turn, Queues, Waiter};
 
 /// A hash of an `Authorization` header value: what the limiter keys
 /// authentications by. The raw token is never stored.
@@ -43,7 +44,20 @@ use wait::{wait_pass, wait_turn, Waiter};
 /// Hashes are keyed per limiter: they are stable for one [`Limiter`] and
 /// mean nothing outside it.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AuthHash(u64);
+pub struct AuthHash(pub(crate) u64);
+
+impl AuthHash {
+    /// A hash from its value (for a [`Store`] that keeps hashes elsewhere,
+    /// and for tests).
+    pub const fn from_u64(value: u64) -> Self {
+        Self(value)
+    }
+
+    /// The hash's value.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+}
 
 impl fmt::Debug for AuthHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -61,21 +75,20 @@ impl fmt::Display for AuthHash {
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) max_rate_limit: Duration,
-    pub(crate) global_per_second: Option<u32>,
-    pub(crate) expire_after: Duration,
-    pub(crate) invalid_ceiling: Option<u32>,
-    pub(crate) invalid_ceiling_total: Option<u32>,
+    pub(crate) policy: Policy,
     pub(crate) resolver: Arc<dyn RouteResolver>,
+    /// `None`: a new [`MemoryStore`].
+    pub(crate) store: Option<Arc<dyn Store>>,
 }
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("max_rate_limit", &self.max_rate_limit)
-            .field("global_per_second", &self.global_per_second)
-            .field("expire_after", &self.expire_after)
-            .field("invalid_ceiling", &self.invalid_ceiling)
-            .field("invalid_ceiling_total", &self.invalid_ceiling_total)
+            .field("global_per_second", &self.policy.global_per_second)
+            .field("expire_after", &self.policy.expire_after)
+            .field("invalid_ceiling", &self.policy.invalid_ceiling)
+            .field("invalid_ceiling_total", &self.policy.invalid_ceiling_total)
             .finish_non_exhaustive()
     }
 }
@@ -103,33 +116,45 @@ pub struct Stats {
     pub invalid_requests_total: u32,
 }
 
-#[derive(Debug)]
 struct Shared {
     config: Config,
-    manager: Mutex<Manager>,
+    store: Arc<dyn Store>,
+    queues: Queues,
     closed: AtomicBool,
     close: Arc<Notify>,
     hasher: RandomState,
     sweeper: AtomicBool,
+    /// The store, when it is the default one (for crate tests).
+    #[cfg(test)]
+    memory: Option<Arc<MemoryStore>>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("queues", &self.queues)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Manager> {
-        self.manager.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The default memory store's state (crate tests only).
+    #[cfg(test)]
+    fn lock(&self) -> std::sync::MutexGuard<'_, memory::Manager> {
+        self.memory.as_ref().expect("the default store").lock()
+    }
+
+    /// What every call to the store carries.
+    fn call(&self) -> Call<'_> {
+        Call::new(&self.config.policy, &self.queues)
     }
 
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
-    fn too_long(
-        &self,
-        route: &CompiledRoute,
-        until: Instant,
-        global: bool,
-        now: Instant,
-    ) -> Result<(), Error> {
-        let wait = until.saturating_duration_since(now);
+    fn too_long(&self, route: &CompiledRoute, wait: Duration, global: bool) -> Result<(), Error> {
         if wait > self.config.max_rate_limit {
             return Err(Error::RateLimitTooLong {
                 route: route.route().clone(),
@@ -194,10 +219,18 @@ impl Limiter {
     }
 
     pub(crate) fn from_config(config: Config) -> Self {
+        let memory = Arc::new(MemoryStore::new());
+        let store = match &config.store {
+            Some(store) => Arc::clone(store),
+            None => Arc::clone(&memory) as Arc<dyn Store>,
+        };
         Self {
             shared: Arc::new(Shared {
+                #[cfg(test)]
+                memory: config.store.is_none().then_some(memory),
                 config,
-                manager: Mutex::new(Manager::default()),
+                store,
+                queues: Queues::default(),
                 closed: AtomicBool::new(false),
                 close: Arc::new(Notify::new()),
                 hasher: RandomState::new(),
@@ -238,28 +271,28 @@ impl Limiter {
     /// 10,000.
     pub fn invalid_requests(&self, authorization: Option<&HeaderValue>) -> u32 {
         let auth = self.auth_hash(authorization);
-        self.shared.lock().invalid_count(auth, Instant::now())
+        self.shared.store.invalid_requests(auth)
     }
 
     /// A snapshot of the limiter's state.
     pub fn stats(&self) -> Stats {
-        let c = self.shared.lock().counts(Instant::now());
+        let shared = &self.shared;
+        let c = shared.store.stats(shared.call());
         Stats {
             buckets: c.buckets,
             routes: c.routes,
-            waiters: c.waiters,
+            waiters: shared.queues.waiters(),
             in_flight: c.in_flight,
             throttled: c.throttled,
-            invalid_requests: c.invalid,
-            invalid_requests_total: c.invalid_total,
+            invalid_requests: c.invalid_requests,
+            invalid_requests_total: c.invalid_requests_total,
         }
     }
 
     /// Drops stale buckets now, as the background sweeper does every half
     /// `expire_after`; returns how many were dropped.
     pub fn sweep(&self) -> usize {
-        let expire_after = self.shared.config.expire_after;
-        self.shared.lock().sweep(expire_after, Instant::now())
+        self.shared.sweep()
     }
 
     /// Asks for a slot: granted now, or a future that waits for one.
@@ -269,32 +302,19 @@ impl Limiter {
             return Err(Error::Closed);
         }
         self.ensure_sweeper();
-        let now = Instant::now();
-        let answer = shared
-            .lock()
-            .acquire(&route, auth, None, false, &shared.config, now)?;
+        let answer = {
+            let request = AcquireRequest::new(&route, auth, shared.call());
+            // A store's futures do nothing until polled: one not ready is
+            // dropped, and asked again where the request may wait.
+            shared.store.acquire(&request).into_ready().ok()
+        };
         match answer {
-            Acquire::Granted(grant) => Ok(Start::Go(Ticket::new(shared, grant))),
-            Acquire::Wait {
-                until,
-                global,
-                queue,
-                key,
-                waiter,
-                ..
-            } => {
-                if let Some(until) = until {
-                    shared.too_long(&route, until, global, now)?;
-                }
-                tracing::debug!(route = %route.route(), ?until, global, "waiting for the rate limit");
-                let waiter = waiter.unwrap_or_else(|| Waiter::new(&queue, key));
-                Ok(Start::Wait(Box::pin(wait_turn(
-                    Arc::clone(shared),
-                    route,
-                    auth,
-                    waiter,
-                ))))
-            }
+            Some(answer) => first_answer(shared, route, auth, answer?),
+            None => Ok(Start::Wait(Box::pin(acquire_later(
+                Arc::clone(shared),
+                route,
+                auth,
+            )))),
         }
     }
 
@@ -307,18 +327,15 @@ impl Limiter {
         if shared.is_closed() {
             return Err(Error::Closed);
         }
-        let answer = shared.lock().pass(auth, &shared.config, Instant::now())?;
-        match answer {
-            Pass::Go => Ok(Start::Go(Ticket::pass(shared, auth))),
-            Pass::Wait(queue) => {
-                tracing::debug!("waiting for the invalid-request ceiling");
-                Ok(Start::Wait(Box::pin(wait_pass(
-                    Arc::clone(shared),
-                    auth,
-                    queue,
-                ))))
-            }
+        let go = match shared.store.pass(auth, shared.call()).into_ready().ok() {
+            Some(go) => Some(go?),
+            None => None,
+        };
+        if go == Some(true) {
+            return Ok(Start::Go(Ticket::pass(shared, auth)));
         }
+        tracing::debug!("waiting for the invalid-request ceiling");
+        Ok(Start::Wait(Box::pin(wait_pass(Arc::clone(shared), auth))))
     }
 
     fn ensure_sweeper(&self) {
@@ -332,7 +349,7 @@ impl Limiter {
         };
         let weak = Arc::downgrade(shared);
         let close = Arc::clone(&shared.close);
-        let expire_after = shared.config.expire_after;
+        let expire_after = shared.config.policy.expire_after;
         let period =
             (expire_after / 2).clamp(Duration::from_millis(100), Duration::from_secs(3600));
         // However the task ends, even dropped unpolled with its runtime, the
@@ -346,7 +363,7 @@ impl Limiter {
                 closed.as_mut().enable();
                 match weak.upgrade() {
                     Some(shared) if !shared.is_closed() => {
-                        let dropped = shared.lock().sweep(expire_after, Instant::now());
+                        let dropped = shared.sweep();
                         if dropped > 0 {
                             tracing::debug!(dropped, "stale buckets dropped");
                         }
@@ -359,6 +376,46 @@ impl Limiter {
                 }
             }
         });
+    }
+}
+
+impl Shared {
+    /// Drops stale state in the store and the queues no one uses.
+    fn sweep(&self) -> usize {
+        let dropped = self.store.sweep(self.call());
+        self.queues.sweep();
+        dropped
+    }
+}
+
+/// The first answer of the store to a request: go, or wait at the key it
+/// names (ARCHITECTURE.md §2.2).
+fn first_answer(
+    shared: &Arc<Shared>,
+    route: CompiledRoute,
+    auth: AuthHash,
+    answer: Acquired,
+) -> Result<Start, Error> {
+    match answer {
+        Acquired::Granted(lease) => {
+            let global_limits = route.limits() == Limits::All;
+            Ok(Start::Go(Ticket::new(shared, lease, global_limits)))
+        }
+        Acquired::Wait { wait, reason, key } => {
+            if let Some(wait) = wait {
+                shared.too_long(&route, wait, reason.is_global())?;
+            }
+            let until = wait.map(|w| tokio::time::Instant::now() + w);
+            let global = reason.is_global();
+            tracing::debug!(route = %route.route(), ?until, global, "waiting for the rate limit");
+            let waiter = Waiter::new(shared.queues.queue(&key), key);
+            Ok(Start::Wait(Box::pin(wait_turn(
+                Arc::clone(shared),
+                route,
+                auth,
+                waiter,
+            ))))
+        }
     }
 }
 

@@ -6,17 +6,32 @@ use std::sync::Arc;
 use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
-use super::manager::{BucketKey, Grant};
 use super::{AuthHash, Shared};
 use crate::headers::RateLimitInfo;
+use crate::store::{BucketKey, Lease, ResponseFacts, StoreFuture};
+
+/// Runs what a store does after an answer: at once for a store that is
+/// done (the memory store), else in the background on the current runtime.
+fn settle(future: StoreFuture<'static, ()>) {
+    if let Err(later) = future.into_ready() {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(later);
+            }
+            Err(_) => tracing::warn!("no runtime to finish a store call on: dropped"),
+        }
+    }
+}
 
 /// A granted slot (or, for a route no limit applies to, a pass). Dropped
 /// without [`record`](Self::record), it goes back: whole if the request was
 /// never sent, as "no longer in flight" if it was.
 pub(crate) struct Ticket {
     shared: Arc<Shared>,
-    grant: Option<Grant>,
+    grant: Option<Lease>,
     auth: AuthHash,
+    /// The global limits apply to the route.
+    global_limits: bool,
     /// A pass, counted in flight until answered or dropped.
     pass: bool,
     sent: bool,
@@ -32,11 +47,12 @@ impl fmt::Debug for Ticket {
 }
 
 impl Ticket {
-    pub(super) fn new(shared: &Arc<Shared>, grant: Grant) -> Self {
+    pub(super) fn new(shared: &Arc<Shared>, grant: Lease, global_limits: bool) -> Self {
         Self {
             shared: Arc::clone(shared),
-            auth: grant.key.auth,
+            auth: grant.key().auth(),
             grant: Some(grant),
+            global_limits,
             pass: false,
             sent: false,
         }
@@ -48,6 +64,7 @@ impl Ticket {
             shared: Arc::clone(shared),
             grant: None,
             auth,
+            global_limits: false,
             pass: true,
             sent: false,
         }
@@ -70,16 +87,19 @@ impl Ticket {
     /// [`TooManyRequests::held`]: crate::TooManyRequests::held
     pub(crate) fn record(mut self, status: StatusCode, info: &RateLimitInfo) -> bool {
         let shared = &self.shared;
-        let now = Instant::now();
+        let facts = ResponseFacts::from_info(status, info, Instant::now());
         match self.grant.take() {
-            Some(grant) => shared
-                .lock()
-                .record(grant, status, info, &shared.config, now),
+            Some(grant) => {
+                settle(shared.store.record(grant, &facts, shared.call()));
+                facts.held(true, self.global_limits)
+            }
             None => {
-                let mut manager = shared.lock();
-                manager.observe_token(self.auth, status, info, &shared.config, now);
                 if std::mem::take(&mut self.pass) {
-                    manager.pass_end(self.auth, false, now);
+                    settle(
+                        shared
+                            .store
+                            .end_pass(self.auth, Some(&facts), false, shared.call()),
+                    );
                 }
                 false
             }
@@ -108,7 +128,7 @@ impl Ticket {
         now_info.retry_after = None;
         let shared = Arc::clone(&self.shared);
         let (key, throttled_by_global) = match &self.grant {
-            Some(grant) => (Some(grant.key.clone()), grant.throttled_by_global),
+            Some(grant) => (Some(grant.key().clone()), self.global_limits),
             None => (None, false),
         };
         let auth = self.auth;
@@ -173,15 +193,13 @@ impl Pending429 {
 
     fn extend(&self, info: &RateLimitInfo) -> bool {
         let shared = &self.shared;
-        shared.lock().extend_429(
-            self.key.as_ref(),
-            self.auth,
-            self.throttled_by_global,
-            info,
-            &shared.config,
-            self.at,
-            Instant::now(),
-        )
+        let facts = ResponseFacts::from_info(http::StatusCode::TOO_MANY_REQUESTS, info, self.at);
+        settle(
+            shared
+                .store
+                .extend_429(self.key.as_ref(), self.auth, &facts, shared.call()),
+        );
+        facts.held(self.key.is_some(), self.throttled_by_global)
     }
 }
 
@@ -195,12 +213,15 @@ impl Drop for Pending429 {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        let shared = &self.shared;
         if let Some(grant) = self.grant.take() {
-            self.shared.lock().release(grant, self.sent, Instant::now());
+            settle(shared.store.release(grant, self.sent, shared.call()));
         } else if self.pass {
-            self.shared
-                .lock()
-                .pass_end(self.auth, self.sent, Instant::now());
+            settle(
+                shared
+                    .store
+                    .end_pass(self.auth, None, self.sent, shared.call()),
+            );
         }
     }
 }

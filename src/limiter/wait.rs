@@ -1,29 +1,45 @@
-//! Waiting: first come first served at each bucket (only the head asks the
-//! store), then at the token's global limit, with cancellation and
-//! `close()`.
+//! Waiting, for every store: first come first served at each bucket (only
+//! the head asks the store), then at the token's global limit, with
+//! cancellation, `close()` and the waits on an invalid-request ceiling
+//! (ARCHITECTURE.md §9).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard};
 use tokio::time::Instant;
 
-use super::global::{GlobalQueue, GlobalWaiter};
-use super::manager::{Acquire, BucketKey, Pass};
+use super::hash::{shrink_if_sparse, Map};
 use super::{AuthHash, Shared, Ticket};
 use crate::error::Error;
-use crate::route::CompiledRoute;
+use crate::route::{CompiledRoute, Limits};
+use crate::store::{AcquireRequest, Acquired, BucketKey, WaitReason, Waiters};
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The FIFO of requests waiting on one bucket: the head holds `turn` and is
 /// the only one that asks the store.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Queue {
     pub(crate) turn: AsyncMutex<()>,
     pub(crate) notify: Notify,
     waiters: AtomicUsize,
+    /// The waiters of every queue of the limiter.
+    total: Arc<AtomicUsize>,
 }
 
 impl Queue {
+    fn new(total: &Arc<AtomicUsize>) -> Self {
+        Self {
+            turn: AsyncMutex::new(()),
+            notify: Notify::new(),
+            waiters: AtomicUsize::new(0),
+            total: Arc::clone(total),
+        }
+    }
+
     /// How many requests wait here (the head included).
     pub(crate) fn waiters(&self) -> usize {
         self.waiters.load(Ordering::Relaxed)
@@ -37,6 +53,11 @@ impl Queue {
     }
 }
 
+/// Someone waits in the queue, or holds it to wait in it.
+fn in_use(queue: &Arc<Queue>) -> bool {
+    Arc::strong_count(queue) > 1 || queue.waiters() > 0
+}
+
 /// One waiting request's place; counts as a waiter until dropped.
 #[derive(Debug)]
 pub(crate) struct Waiter {
@@ -45,31 +66,204 @@ pub(crate) struct Waiter {
 }
 
 impl Waiter {
-    pub(crate) fn new(queue: &Arc<Queue>, key: BucketKey) -> Self {
+    pub(crate) fn new(queue: Arc<Queue>, key: BucketKey) -> Self {
         queue.waiters.fetch_add(1, Ordering::Relaxed);
-        Self {
-            queue: Arc::clone(queue),
-            key,
-        }
+        queue.total.fetch_add(1, Ordering::Relaxed);
+        Self { queue, key }
     }
 }
 
 impl Drop for Waiter {
     fn drop(&mut self) {
         self.queue.waiters.fetch_sub(1, Ordering::Relaxed);
+        self.queue.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The requests of one authentication waiting on its global limit: first
+/// come first served, and only the head (the holder of `turn`) listens for
+/// a freed slot, so that a freed slot wakes one request, not all.
+#[derive(Debug)]
+pub(crate) struct GlobalQueue {
+    pub(crate) freed: Notify,
+    pub(crate) turn: Arc<tokio::sync::Mutex<()>>,
+    waiting: AtomicUsize,
+    total: Arc<AtomicUsize>,
+}
+
+impl GlobalQueue {
+    /// Whether anyone waits (or holds the turn): newcomers then queue too.
+    pub(crate) fn is_waited(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// A place in a [`GlobalQueue`], counted until dropped.
+#[derive(Debug)]
+pub(crate) struct GlobalWaiter(Arc<GlobalQueue>);
+
+impl GlobalWaiter {
+    pub(crate) fn new(queue: &Arc<GlobalQueue>) -> Self {
+        queue.waiting.fetch_add(1, Ordering::Relaxed);
+        queue.total.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(queue))
+    }
+}
+
+impl Drop for GlobalWaiter {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.0.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The middleware's queues of one limiter, for every store: what a store
+/// sees of them through [`Waiters`]. While no one waits anywhere, every
+/// question and wake-up is one atomic load: a request that finds room takes
+/// no lock here.
+#[derive(Debug)]
+pub(crate) struct Queues {
+    /// Waiters at every bucket queue (the heads included).
+    waiting: Arc<AtomicUsize>,
+    buckets: Mutex<Map<BucketKey, Arc<Queue>>>,
+    /// Waiters at every global queue.
+    waiting_global: Arc<AtomicUsize>,
+    globals: Mutex<Map<AuthHash, Arc<GlobalQueue>>>,
+    /// The queues whose head an invalid-request ceiling holds (by address),
+    /// to wake when a request in flight ends. Weak, so that a queue is not
+    /// kept in use by it.
+    ceiling_held: Mutex<Map<usize, Weak<Queue>>>,
+    any_ceiling_held: AtomicBool,
+    /// Where requests of routes no limit applies to wait on a ceiling.
+    pub(crate) exempt: Arc<Queue>,
+}
+
+impl Default for Queues {
+    fn default() -> Self {
+        let waiting = Arc::default();
+        Self {
+            exempt: Arc::new(Queue::new(&waiting)),
+            waiting,
+            buckets: Mutex::default(),
+            waiting_global: Arc::default(),
+            globals: Mutex::default(),
+            ceiling_held: Mutex::default(),
+            any_ceiling_held: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Queues {
+    /// The queue of `key`, made if need be.
+    pub(crate) fn queue(&self, key: &BucketKey) -> Arc<Queue> {
+        let mut buckets = lock(&self.buckets);
+        if let Some(queue) = buckets.get(key) {
+            return Arc::clone(queue);
+        }
+        let queue = Arc::new(Queue::new(&self.waiting));
+        buckets.insert(key.clone(), Arc::clone(&queue));
+        queue
+    }
+
+    /// The global queue of `auth`, made if need be.
+    pub(crate) fn global(&self, auth: AuthHash) -> Arc<GlobalQueue> {
+        let mut globals = lock(&self.globals);
+        Arc::clone(globals.entry(auth).or_insert_with(|| {
+            Arc::new(GlobalQueue {
+                freed: Notify::new(),
+                turn: Arc::default(),
+                waiting: AtomicUsize::new(0),
+                total: Arc::clone(&self.waiting_global),
+            })
+        }))
+    }
+
+    /// Requests waiting at the buckets' queues.
+    pub(crate) fn waiters(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Drops the queues no one waits in or holds, and gives their room
+    /// back (ARCHITECTURE.md §7.2).
+    pub(crate) fn sweep(&self) {
+        {
+            let mut buckets = lock(&self.buckets);
+            buckets.retain(|_, q| in_use(q));
+            shrink_if_sparse(&mut buckets);
+        }
+        let mut globals = lock(&self.globals);
+        globals.retain(|_, q| Arc::strong_count(q) > 1 || q.is_waited());
+        shrink_if_sparse(&mut globals);
+    }
+}
+
+impl Waiters for Queues {
+    fn queued(&self, key: &BucketKey) -> bool {
+        if self.waiting.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        lock(&self.buckets).get(key).is_some_and(in_use)
+    }
+
+    fn queued_global(&self, auth: AuthHash) -> bool {
+        if self.waiting_global.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        lock(&self.globals)
+            .get(&auth)
+            .is_some_and(|q| q.is_waited())
+    }
+
+    fn wake(&self, key: &BucketKey) {
+        if self.waiting.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Some(queue) = lock(&self.buckets).get(key) {
+            queue.wake();
+        }
+    }
+
+    fn wake_global(&self, auth: AuthHash) {
+        if self.waiting_global.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Some(queue) = lock(&self.globals).get(&auth) {
+            if queue.is_waited() {
+                queue.freed.notify_waiters();
+            }
+        }
+    }
+
+    fn held_by_ceiling(&self, key: Option<&BucketKey>) {
+        let queue = match key {
+            Some(key) => self.queue(key),
+            None => Arc::clone(&self.exempt),
+        };
+        lock(&self.ceiling_held).insert(Arc::as_ptr(&queue) as usize, Arc::downgrade(&queue));
+        self.any_ceiling_held.store(true, Ordering::Release);
+    }
+
+    fn wake_ceiling(&self) {
+        if !self.any_ceiling_held.load(Ordering::Acquire) {
+            return;
+        }
+        let mut held = lock(&self.ceiling_held);
+        self.any_ceiling_held.store(false, Ordering::Release);
+        for (_, queue) in held.drain() {
+            if let Some(queue) = queue.upgrade() {
+                queue.notify.notify_waiters();
+            }
+        }
     }
 }
 
 /// A request no limit applies to, held by an invalid-request ceiling: waits
 /// until a request in flight ends, then asks again (ARCHITECTURE.md §6).
-pub(super) async fn wait_pass(
-    shared: Arc<Shared>,
-    auth: AuthHash,
-    queue: Arc<Queue>,
-) -> Result<Ticket, Error> {
+pub(super) async fn wait_pass(shared: Arc<Shared>, auth: AuthHash) -> Result<Ticket, Error> {
     let closed = shared.close.notified();
     tokio::pin!(closed);
     closed.as_mut().enable();
+    let queue = Arc::clone(&shared.queues.exempt);
     loop {
         // Listen before asking, so that no wake-up is lost between.
         let notified = queue.notify.notified();
@@ -78,8 +272,7 @@ pub(super) async fn wait_pass(
         if shared.is_closed() {
             return Err(Error::Closed);
         }
-        let answer = shared.lock().pass(auth, &shared.config, Instant::now())?;
-        if let Pass::Go = answer {
+        if shared.store.pass(auth, shared.call()).await? {
             return Ok(Ticket::pass(&shared, auth));
         }
         tokio::select! {
@@ -87,6 +280,23 @@ pub(super) async fn wait_pass(
             _ = &mut closed => return Err(Error::Closed),
             _ = notified => {}
         }
+    }
+}
+
+/// A request whose store answers later (a remote store): asks, then waits
+/// as [`Limiter::start`](super::Limiter::start) would.
+pub(super) async fn acquire_later(
+    shared: Arc<Shared>,
+    route: CompiledRoute,
+    auth: AuthHash,
+) -> Result<Ticket, Error> {
+    let answer = {
+        let request = AcquireRequest::new(&route, auth, shared.call());
+        shared.store.acquire(&request).await?
+    };
+    match super::first_answer(&shared, route, auth, answer)? {
+        super::Start::Go(ticket) => Ok(ticket),
+        super::Start::Wait(wait) => wait.await,
     }
 }
 
@@ -100,6 +310,7 @@ pub(super) async fn wait_turn(
     let closed = shared.close.notified();
     tokio::pin!(closed);
     closed.as_mut().enable();
+    let global_limits = route.limits() == Limits::All;
     let work = async {
         // The global limit's queue once a wait showed it, and our turn in
         // it while the global limit alone holds us. Taken only while holding
@@ -124,54 +335,45 @@ pub(super) async fn wait_turn(
                 if shared.is_closed() {
                     return Err(Error::Closed);
                 }
+                let answer = {
+                    let request = AcquireRequest::new(&route, auth, shared.call())
+                        .with_head(Some(&waiter.key))
+                        .with_global_turn(global_turn.is_some());
+                    shared.store.acquire(&request).await?
+                };
                 let now = Instant::now();
-                let answer = shared.lock().acquire(
-                    &route,
-                    auth,
-                    Some(&waiter.key),
-                    global_turn.is_some(),
-                    &shared.config,
-                    now,
-                )?;
-                let (until, global, limit_queue) = match answer {
-                    Acquire::Granted(grant) => return Ok(Ticket::new(&shared, grant)),
-                    Acquire::Wait {
-                        queue,
-                        key,
-                        waiter: new,
-                        ..
-                    } if key != waiter.key => {
+                let (wait, reason) = match answer {
+                    Acquired::Granted(lease) => {
+                        return Ok(Ticket::new(&shared, lease, global_limits))
+                    }
+                    Acquired::Wait { key, .. } if key != waiter.key => {
                         // The route's bucket was learned or changed: queue there.
                         global_turn = None;
-                        waiter = new.unwrap_or_else(|| Waiter::new(&queue, key));
+                        waiter = Waiter::new(shared.queues.queue(&key), key);
                         break;
                     }
-                    Acquire::Wait {
-                        until,
-                        global,
-                        freed,
-                        ..
-                    } => (until, global, freed),
+                    Acquired::Wait { wait, reason, .. } => (wait, reason),
                 };
-                match limit_queue {
+                match reason {
                     // The global limit holds us: wait for our turn at it first.
-                    Some(limit_queue) if global_turn.is_none() => {
+                    WaitReason::GlobalLimit if global_turn.is_none() => {
+                        let limit_queue = shared.queues.global(auth);
                         let place = GlobalWaiter::new(&limit_queue);
                         let guard = Arc::clone(&limit_queue.turn).lock_owned().await;
                         global_turn = Some((guard, place));
                         global_queue = Some(limit_queue);
                         continue;
                     }
-                    Some(_) => {}
+                    WaitReason::GlobalLimit => {}
                     // Something else holds us: let the next one have the turn.
-                    None => global_turn = None,
+                    _ => global_turn = None,
                 }
-                if let Some(until) = until {
-                    shared.too_long(&route, until, global, now)?;
+                if let Some(wait) = wait {
+                    shared.too_long(&route, wait, reason.is_global())?;
                 }
                 let sleep = async {
-                    match until {
-                        Some(until) => tokio::time::sleep_until(until).await,
+                    match wait {
+                        Some(wait) => tokio::time::sleep_until(now + wait).await,
                         None => std::future::pending().await,
                     }
                 };

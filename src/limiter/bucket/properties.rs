@@ -223,7 +223,10 @@ impl Client {
             (Some(t), Some(hold)) if !t.global => self
                 .bucket
                 .block(self.now + hold, t.scope != Some(Scope::Shared)),
-            _ if info.has_bucket_headers() => self.bucket.apply(&info, self.now),
+            _ if info.has_bucket_headers() => self.bucket.apply(
+                &crate::store::ResponseFacts::from_info(answer.status, &info, self.now),
+                self.now,
+            ),
             _ if answer.status.is_success() && !info.any_header => self.bucket.no_headers(),
             _ => {}
         }

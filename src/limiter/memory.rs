@@ -1,126 +1,122 @@
-//! The in-memory store: every bucket and authentication of one limiter,
-//! deciding and updating under one lock, never sleeping.
+//! The in-memory store ([`MemoryStore`]): every bucket and authentication of
+//! one limiter, deciding and updating under one lock, never sleeping
+//! (ARCHITECTURE.md §9). The queues it consults and wakes are the
+//! middleware's ([`Waiters`]).
 
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use http::{Method, StatusCode};
+use http::Method;
 use tokio::time::Instant;
 
 use super::bucket::Bucket;
-use super::global::{AuthState, Ceiling, GlobalQueue, InvalidGuard};
+use super::global::{AuthState, Ceiling, InvalidGuard};
 use super::hash::{shrink_if_sparse, FastSet, Map};
-use super::wait::{Queue, Waiter};
-use super::{AuthHash, Config};
+use super::AuthHash;
 use crate::error::Error;
-use crate::headers::{is_invalid_status, RateLimitInfo};
-use crate::route::{CompiledRoute, Limits, Major, Route};
+use crate::headers::Scope;
+use crate::route::{CompiledRoute, Limits, Route};
+use crate::store::{
+    AcquireRequest, Acquired, BucketId, BucketKey, Call, Lease, Policy, ResponseFacts, Store,
+    StoreError, StoreFuture, StoreStats, WaitReason, Waiters,
+};
 
-/// What a bucket is known by: its hash once learned, its route until then.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum BucketId {
-    Hash(Arc<str>),
-    Route(Route),
-}
-
-/// Where quota lives: (bucket hash or route, major parameters, authentication).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct BucketKey {
-    pub(crate) id: BucketId,
-    pub(crate) major: Major,
-    pub(crate) auth: AuthHash,
-}
-
-#[derive(Debug)]
-struct Entry {
-    bucket: Bucket,
-    /// Made when a request first waits here: most buckets never need one.
-    queue: Option<Arc<Queue>>,
-}
-
-impl Entry {
-    fn new(now: Instant) -> Self {
-        Self {
-            bucket: Bucket::new(now),
-            queue: None,
-        }
-    }
-
-    fn queue(&mut self) -> &Arc<Queue> {
-        self.queue.get_or_insert_with(Arc::default)
-    }
-
-    fn waiters(&self) -> usize {
-        self.queue.as_ref().map_or(0, |q| q.waiters())
-    }
-
-    fn wake(&self) {
-        if let Some(queue) = &self.queue {
-            queue.wake();
-        }
-    }
-
-    /// Someone waits here, or holds the queue to wait in it.
-    fn in_use(&self) -> bool {
-        self.queue
-            .as_ref()
-            .is_some_and(|q| Arc::strong_count(q) > 1 || q.waiters() > 0)
-    }
-}
-
-/// A granted slot, to be handed back through `record` or `release`.
-#[derive(Debug)]
-pub(crate) struct Grant {
-    pub(crate) key: BucketKey,
-    pub(crate) route: Route,
-    generation: u32,
-    /// The store's epoch at the grant: which remaps came after it.
-    epoch: u64,
-    /// Holds a slot of the proactive global limit.
-    global: bool,
-    /// Whether the global throttle holds this route.
-    pub(crate) throttled_by_global: bool,
-}
-
-/// The store's answer to a request for a slot.
-#[derive(Debug)]
-pub(crate) enum Acquire {
-    Granted(Grant),
-    Wait {
-        /// Until when, if known; else until the bucket's queue is notified.
-        until: Option<Instant>,
-        /// The wait comes from the global throttle or limit.
-        global: bool,
-        /// The bucket's queue, to wait in.
-        queue: Arc<Queue>,
-        key: BucketKey,
-        /// A new place in that queue, taken under the lock, unless the
-        /// caller is already its head.
-        waiter: Option<Waiter>,
-        /// Set when the global limit holds the request: its queue.
-        freed: Option<Arc<GlobalQueue>>,
-    },
-}
-
-/// Counts for [`Limiter::stats`](crate::Limiter::stats).
+/// The in-memory store, the default: the state of one limiter in this
+/// process, under one lock. It answers at once and allocates nothing for
+/// its answers.
+///
+/// Share one between limiters only if they should share their limits.
 #[derive(Debug, Default)]
-pub(crate) struct Counts {
-    pub(crate) buckets: usize,
-    pub(crate) routes: usize,
-    pub(crate) waiters: usize,
-    pub(crate) in_flight: usize,
-    pub(crate) invalid: Vec<(AuthHash, u32)>,
-    pub(crate) invalid_total: u32,
-    pub(crate) throttled: usize,
+pub struct MemoryStore {
+    manager: Mutex<Manager>,
 }
 
-/// The store's answer to a request no limit applies to.
-#[derive(Debug)]
-pub(crate) enum Pass {
-    Go,
-    /// An invalid-request ceiling holds it: wait in this queue, woken when
-    /// a request in flight ends, and ask again.
-    Wait(Arc<Queue>),
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Manager> {
+        self.manager.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Store for MemoryStore {
+    fn acquire<'a>(
+        &'a self,
+        request: &'a AcquireRequest<'a>,
+    ) -> StoreFuture<'a, Result<Acquired, StoreError>> {
+        let now = Instant::now();
+        StoreFuture::ready(self.lock().acquire(request, now).map_err(StoreError::from))
+    }
+
+    fn pass<'a>(
+        &'a self,
+        auth: AuthHash,
+        call: Call<'a>,
+    ) -> StoreFuture<'a, Result<bool, StoreError>> {
+        let now = Instant::now();
+        StoreFuture::ready(self.lock().pass(auth, call, now).map_err(StoreError::from))
+    }
+
+    fn record(
+        &self,
+        lease: Lease,
+        facts: &ResponseFacts<'_>,
+        call: Call<'_>,
+    ) -> StoreFuture<'static, ()> {
+        let now = Instant::now();
+        self.lock().record(lease, facts, call, now);
+        StoreFuture::ready(())
+    }
+
+    fn release(&self, lease: Lease, sent: bool, call: Call<'_>) -> StoreFuture<'static, ()> {
+        let now = Instant::now();
+        self.lock().release(lease, sent, call, now);
+        StoreFuture::ready(())
+    }
+
+    fn end_pass(
+        &self,
+        auth: AuthHash,
+        answer: Option<&ResponseFacts<'_>>,
+        sent: bool,
+        call: Call<'_>,
+    ) -> StoreFuture<'static, ()> {
+        let now = Instant::now();
+        let mut manager = self.lock();
+        if let Some(facts) = answer {
+            manager.observe_token(auth, facts, call.policy, now);
+        }
+        manager.end_in_flight(auth, answer.is_none() && sent, call, now);
+        StoreFuture::ready(())
+    }
+
+    fn extend_429(
+        &self,
+        key: Option<&BucketKey>,
+        auth: AuthHash,
+        facts: &ResponseFacts<'_>,
+        call: Call<'_>,
+    ) -> StoreFuture<'static, ()> {
+        let now = Instant::now();
+        self.lock().extend_429(key, auth, facts, call, now);
+        StoreFuture::ready(())
+    }
+
+    fn stats(&self, _call: Call<'_>) -> StoreStats {
+        self.lock().counts(Instant::now())
+    }
+
+    fn invalid_requests(&self, auth: AuthHash) -> u32 {
+        self.lock().invalid_count(auth, Instant::now())
+    }
+
+    fn sweep(&self, call: Call<'_>) -> usize {
+        self.lock()
+            .sweep(call.policy.expire_after, call.waiters, Instant::now())
+    }
 }
 
 /// Requests in flight under one key, counted too in the bucket they were
@@ -137,17 +133,11 @@ struct Carry {
 #[derive(Debug, Default)]
 pub(crate) struct Manager {
     routes: Map<Route, Arc<str>>,
-    buckets: Map<BucketKey, Entry>,
+    buckets: Map<BucketKey, Bucket>,
     auths: Map<AuthHash, AuthState>,
     /// Invalid requests and requests in flight of every authentication,
     /// against the limiter-wide ceiling.
     invalid_total: InvalidGuard,
-    /// The queues whose head an invalid-request ceiling holds (by address),
-    /// to wake when a request in flight ends. Weak, so that a bucket's
-    /// entry is not kept in use by it.
-    ceiling_held: Map<usize, Weak<Queue>>,
-    /// Where requests of routes no limit applies to wait on a ceiling.
-    exempt: Arc<Queue>,
     /// Bumped by every remap and every carry, so that a grant knows which
     /// came after it.
     epoch: u64,
@@ -158,135 +148,117 @@ pub(crate) struct Manager {
     remaps: Map<Route, u64>,
 }
 
+/// A wait of `reason` at `key`, until `until` if known.
+fn wait(until: Option<Instant>, reason: WaitReason, key: &BucketKey, now: Instant) -> Acquired {
+    Acquired::Wait {
+        wait: until.map(|u| u.saturating_duration_since(now)),
+        reason,
+        key: key.clone(),
+    }
+}
+
 impl Manager {
-    fn auth(&mut self, auth: AuthHash, config: &Config, now: Instant) -> &mut AuthState {
+    fn auth(&mut self, auth: AuthHash, policy: &Policy, now: Instant) -> &mut AuthState {
         self.auths
             .entry(auth)
-            .or_insert_with(|| AuthState::new(config.global_per_second, now))
+            .or_insert_with(|| AuthState::new(policy.global_per_second, now))
     }
 
-    /// Asks for a slot. `head` is the key the caller already waits at the
-    /// head of, if any: only the head of a non-empty queue is answered; and
-    /// while requests wait on the global limit, only the one holding its
-    /// turn (`global_turn`) is.
+    /// Asks for a slot. Only the head of a non-empty queue is answered
+    /// (`request.head()`); and while requests wait on the global limit, only
+    /// the one holding its turn (`request.global_turn()`) is.
     pub(crate) fn acquire(
         &mut self,
-        route: &CompiledRoute,
-        auth: AuthHash,
-        head: Option<&BucketKey>,
-        global_turn: bool,
-        config: &Config,
+        request: &AcquireRequest<'_>,
         now: Instant,
-    ) -> Result<Acquire, Error> {
+    ) -> Result<Acquired, Error> {
         let Self {
             routes,
             buckets,
             auths,
             invalid_total,
-            ceiling_held,
             epoch,
             ..
         } = self;
+        let Call { policy, waiters } = request.call();
+        let (route, auth) = (request.route(), request.auth());
         let global = route.limits() == Limits::All;
         let state = auths
             .entry(auth)
-            .or_insert_with(|| AuthState::new(config.global_per_second, now));
-        let held_by_ceiling = check_ceiling(state, invalid_total, config, now)?;
+            .or_insert_with(|| AuthState::new(policy.global_per_second, now));
+        let held_by_ceiling = check_ceiling(state, invalid_total, policy, now)?;
         let throttled = if global { state.throttled(now) } else { None };
 
-        let key = key_for(routes, buckets, route, auth, now);
-        let is_head = head == Some(&key);
-        let entry = buckets
+        let key = key_for(routes, buckets, route, auth, waiters, now);
+        let is_head = request.head() == Some(&key);
+        let bucket = buckets
             .entry(key.clone())
-            .or_insert_with(|| Entry::new(now));
-        let wait = |entry: &mut Entry, until, global, freed| {
-            let queue = Arc::clone(entry.queue());
-            Acquire::Wait {
-                until,
-                global,
-                waiter: (!is_head).then(|| Waiter::new(&queue, key.clone())),
-                queue,
-                key: key.clone(),
-                freed,
-            }
-        };
+            .or_insert_with(|| Bucket::new(now));
 
-        if !is_head && entry.waiters() > 0 {
-            let bucket_until = entry.bucket.known_wait(now);
-            let (until, global) = match (bucket_until, throttled) {
-                (Some(b), Some(g)) if g >= b => (Some(g), true),
-                (Some(b), _) => (Some(b), false),
-                (None, Some(g)) => (Some(g), true),
-                (None, None) => (None, false),
+        if !is_head && waiters.queued(&key) {
+            let bucket_until = bucket.known_wait(now);
+            let (until, reason) = match (bucket_until, throttled) {
+                (Some(b), Some(g)) if g >= b => (Some(g), WaitReason::GlobalThrottle),
+                (Some(b), _) => (Some(b), WaitReason::Bucket),
+                (None, Some(g)) => (Some(g), WaitReason::GlobalThrottle),
+                (None, None) => (None, WaitReason::Bucket),
             };
-            return Ok(wait(entry, until, global, None));
+            return Ok(wait(until, reason, &key, now));
         }
         if let Some(until) = throttled {
-            return Ok(wait(entry, Some(until), true, None));
+            return Ok(wait(Some(until), WaitReason::GlobalThrottle, &key, now));
         }
-        if let Some(until) = entry.bucket.check(now) {
-            return Ok(wait(entry, until, false, None));
+        if let Some(until) = bucket.check(now) {
+            return Ok(wait(until, WaitReason::Bucket, &key, now));
         }
         if held_by_ceiling {
             // Until a request in flight ends (ARCHITECTURE.md §6).
-            let queue = entry.queue();
-            ceiling_held.insert(Arc::as_ptr(queue) as usize, Arc::downgrade(queue));
-            return Ok(wait(entry, None, false, None));
+            waiters.held_by_ceiling(Some(&key));
+            return Ok(wait(None, WaitReason::Ceiling, &key, now));
         }
         let mut holds_global = false;
         if let (true, Some(limit)) = (global, state.limit.as_mut()) {
-            if !global_turn && state.queue.is_waited() {
-                return Ok(wait(entry, None, true, Some(Arc::clone(&state.queue))));
+            if !request.global_turn() && waiters.queued_global(auth) {
+                return Ok(wait(None, WaitReason::GlobalLimit, &key, now));
             }
             if let Some(until) = limit.check(now) {
-                return Ok(wait(entry, until, true, Some(Arc::clone(&state.queue))));
+                return Ok(wait(until, WaitReason::GlobalLimit, &key, now));
             }
             limit.take();
             holds_global = true;
         }
-        let generation = entry.bucket.take(now);
+        let generation = bucket.take(now);
         state.invalid.start();
         invalid_total.start();
-        Ok(Acquire::Granted(Grant {
-            key,
-            route: route.route().clone(),
-            generation,
-            epoch: *epoch,
-            global: holds_global,
-            throttled_by_global: global,
-        }))
+        Ok(Acquired::Granted(
+            Lease::new(key, route.route().clone())
+                .with_window(u64::from(generation))
+                .with_epoch(*epoch)
+                .with_global_slot(holds_global),
+        ))
     }
 
     /// For a request no limit applies to: fails once the token (or the
-    /// limiter) reached its invalid-request ceiling, waits while the
-    /// requests in flight could reach it, and otherwise counts it in flight
-    /// (until [`pass_end`](Self::pass_end)).
+    /// limiter) reached its invalid-request ceiling, waits (`false`) while
+    /// the requests in flight could reach it, and otherwise counts it in
+    /// flight (until [`end_in_flight`](Self::end_in_flight)).
     pub(crate) fn pass(
         &mut self,
         auth: AuthHash,
-        config: &Config,
+        call: Call<'_>,
         now: Instant,
-    ) -> Result<Pass, Error> {
+    ) -> Result<bool, Error> {
         let state = self
             .auths
             .entry(auth)
-            .or_insert_with(|| AuthState::new(config.global_per_second, now));
-        if check_ceiling(state, &mut self.invalid_total, config, now)? {
-            let queue = Arc::clone(&self.exempt);
-            self.ceiling_held
-                .insert(Arc::as_ptr(&queue) as usize, Arc::downgrade(&queue));
-            return Ok(Pass::Wait(queue));
+            .or_insert_with(|| AuthState::new(call.policy.global_per_second, now));
+        if check_ceiling(state, &mut self.invalid_total, call.policy, now)? {
+            call.waiters.held_by_ceiling(None);
+            return Ok(false);
         }
         state.invalid.start();
         self.invalid_total.start();
-        Ok(Pass::Go)
-    }
-
-    /// A request let through by [`pass`](Self::pass) was answered (its
-    /// answer seen by `observe_token`) or dropped; `lost` when it was sent
-    /// and its answer will never be seen.
-    pub(crate) fn pass_end(&mut self, auth: AuthHash, lost: bool, now: Instant) {
-        self.end_in_flight(auth, lost, now);
+        Ok(true)
     }
 
     /// A request counted in flight against the invalid-request ceilings
@@ -294,7 +266,13 @@ impl Manager {
     /// the caller, a transport error) may have reached the server and come
     /// back invalid: unless the authentication's latest answer was valid,
     /// it counts as invalid, so that timeouts do not get around a ceiling.
-    fn end_in_flight(&mut self, auth: AuthHash, lost: bool, now: Instant) {
+    pub(crate) fn end_in_flight(
+        &mut self,
+        auth: AuthHash,
+        lost: bool,
+        call: Call<'_>,
+        now: Instant,
+    ) {
         self.invalid_total.end();
         if let Some(state) = self.auths.get_mut(&auth) {
             state.invalid.end();
@@ -304,111 +282,101 @@ impl Manager {
                 self.invalid_total.add(now);
             }
         }
-        for (_, queue) in self.ceiling_held.drain() {
-            if let Some(queue) = queue.upgrade() {
-                queue.notify.notify_waiters();
-            }
-        }
+        call.waiters.wake_ceiling();
     }
 
     /// What an answer says of the token as a whole: invalid requests, and a
-    /// global 429's throttle. Returns how long a 429 holds. Alone, for a
-    /// request no limit applied to (no grant): its answer still counts.
+    /// global 429's throttle. Alone, for a request no limit applied to (no
+    /// grant): its answer still counts.
     pub(crate) fn observe_token(
         &mut self,
         auth: AuthHash,
-        status: StatusCode,
-        info: &RateLimitInfo,
-        config: &Config,
+        facts: &ResponseFacts<'_>,
+        policy: &Policy,
         now: Instant,
-    ) -> Option<Duration> {
-        let rejected = info.too_many_requests.as_ref();
-        let invalid = is_invalid_status(status) || rejected.is_some_and(|t| t.is_invalid());
-        let hold = info.hold();
+    ) {
+        let invalid = facts.invalid;
         if invalid {
             self.invalid_total.add(now);
         }
         if let Some(state) = self.auths.get_mut(&auth) {
             state.known_valid = !invalid;
         }
-        if invalid || rejected.is_some_and(|t| t.global) {
-            let state = self.auth(auth, config, now);
+        let global = facts.rejected && facts.global;
+        if invalid || global {
+            let state = self.auth(auth, policy, now);
             if invalid {
                 state.invalid.add(now);
             }
-            if let (Some(t), Some(hold)) = (rejected, hold) {
-                if t.global {
-                    tracing::debug!(?auth, ?hold, "global 429: throttling every bucket");
-                    state.throttle(now + hold, now);
-                }
+            if let (true, Some(hold)) = (global, facts.hold) {
+                tracing::debug!(?auth, ?hold, "global 429: throttling every bucket");
+                state.throttle(now + hold, now);
             }
         }
-        hold
     }
 
     /// What a 429 already recorded from its headers (by `record` or
     /// `observe_token`, without its whole-second `Retry-After`) adds: once
     /// its body is read, the body's `retry_after` and `global`; dropped
     /// unread, what its headers alone say. It only extends the bucket's hold
-    /// or the token's throttle, counted from `at` (when the headers came),
-    /// and counts no invalid request nor frees any slot again (§4.7).
+    /// or the token's throttle, counted from `facts.received` (when the
+    /// headers came), and counts no invalid request nor frees any slot
+    /// again (§4.7).
     ///
     /// `key` is the granted key (`None` for a request no limit applies to).
-    /// Returns whether the 429 is now held, as `record`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn extend_429(
         &mut self,
         key: Option<&BucketKey>,
         auth: AuthHash,
-        throttled_by_global: bool,
-        info: &RateLimitInfo,
-        config: &Config,
-        at: Instant,
+        facts: &ResponseFacts<'_>,
+        call: Call<'_>,
         now: Instant,
-    ) -> bool {
-        let (Some(t), Some(hold)) = (info.too_many_requests.as_ref(), info.hold()) else {
-            return false;
+    ) {
+        let (true, Some(hold)) = (facts.rejected, facts.hold) else {
+            return;
         };
-        if t.global {
+        let at = facts.received;
+        if facts.global {
             tracing::debug!(?auth, ?hold, "global 429: throttling every bucket");
-            self.auth(auth, config, now).throttle(at + hold, now);
-            return key.is_some() && throttled_by_global;
+            self.auth(auth, call.policy, now).throttle(at + hold, now);
+            return;
         }
-        let Some(key) = key else { return false };
+        let Some(key) = key else { return };
         // Where `record` put the answer: the bucket its hash names.
-        let key = match &info.bucket {
+        let key = match facts.bucket {
             Some(hash) => BucketKey {
-                id: BucketId::Hash(Arc::from(hash.as_str())),
+                id: BucketId::Hash(Arc::from(hash)),
                 major: key.major.clone(),
                 auth: key.auth,
             },
             None => key.clone(),
         };
-        let entry = self.buckets.entry(key).or_insert_with(|| Entry::new(now));
-        entry
-            .bucket
-            .block(at + hold, t.scope != Some(crate::headers::Scope::Shared));
-        entry.wake();
-        true
+        let bucket = self
+            .buckets
+            .entry(key.clone())
+            .or_insert_with(|| Bucket::new(now));
+        bucket.block(at + hold, facts.scope != Some(Scope::Shared));
+        call.waiters.wake(&key);
     }
 
     /// A granted request ended without an answer; `sent` tells whether it
     /// may have reached the server.
-    pub(crate) fn release(&mut self, grant: Grant, sent: bool, now: Instant) {
-        self.end_in_flight(grant.key.auth, sent, now);
-        if grant.global {
-            self.free_global(grant.key.auth, sent, now);
+    pub(crate) fn release(&mut self, lease: Lease, sent: bool, call: Call<'_>, now: Instant) {
+        let auth = lease.key().auth;
+        self.end_in_flight(auth, sent, call, now);
+        if lease.global_slot() {
+            self.free_global(auth, sent, call.waiters, now);
         }
-        if let Some(entry) = self.buckets.get_mut(&grant.key) {
-            entry.bucket.release(grant.generation, sent);
-            entry.wake();
+        if let Some(bucket) = self.buckets.get_mut(lease.key()) {
+            bucket.release(lease.window() as u32, sent);
+            call.waiters.wake(lease.key());
         }
-        self.end_carried(&grant.key, grant.epoch);
+        self.end_carried(lease.key(), lease.epoch(), call.waiters);
     }
 
     /// A request granted under `key` at `epoch` ended: it ends too in every
     /// bucket it was carried to (and on from there).
-    fn end_carried(&mut self, key: &BucketKey, epoch: u64) {
+    fn end_carried(&mut self, key: &BucketKey, epoch: u64, waiters: &dyn Waiters) {
         if self.carries.is_empty() {
             return;
         }
@@ -424,9 +392,9 @@ impl Manager {
             };
             for carry in list.iter_mut().filter(|c| c.epoch > epoch && c.left > 0) {
                 carry.left -= 1;
-                if let Some(entry) = self.buckets.get_mut(&carry.to) {
-                    entry.bucket.release(0, true);
-                    entry.wake();
+                if let Some(bucket) = self.buckets.get_mut(&carry.to) {
+                    bucket.release(0, true);
+                    waiters.wake(&carry.to);
                 }
                 next.push(carry.to.clone());
             }
@@ -440,7 +408,7 @@ impl Manager {
 
     /// Frees the global slot of an answered (or sent and dropped) or unsent
     /// request.
-    fn free_global(&mut self, auth: AuthHash, sent: bool, now: Instant) {
+    fn free_global(&mut self, auth: AuthHash, sent: bool, waiters: &dyn Waiters, now: Instant) {
         if let Some(state) = self.auths.get_mut(&auth) {
             if let Some(limit) = state.limit.as_mut() {
                 if sent {
@@ -448,46 +416,31 @@ impl Manager {
                 } else {
                     limit.cancel();
                 }
-                if state.queue.is_waited() {
-                    state.queue.freed.notify_waiters();
-                }
+                waiters.wake_global(auth);
             }
         }
     }
 
     /// Learns from the answer to a granted request.
-    ///
-    /// Returns whether a 429 is now held (its bucket blocked, or the token
-    /// throttled and this route under the throttle) for its wait, so that
-    /// a retry through the limiter waits by itself.
     pub(crate) fn record(
         &mut self,
-        grant: Grant,
-        status: StatusCode,
-        info: &RateLimitInfo,
-        config: &Config,
+        lease: Lease,
+        facts: &ResponseFacts<'_>,
+        call: Call<'_>,
         now: Instant,
-    ) -> bool {
-        let Grant {
-            key,
-            route,
-            generation,
-            epoch,
-            global,
-            throttled_by_global,
-        } = grant;
+    ) {
+        let waiters = call.waiters;
+        let generation = lease.window() as u32;
+        let epoch = lease.epoch();
+        let global = lease.global_slot();
+        let (key, route) = lease.into_parts();
         if global {
-            self.free_global(key.auth, true, now);
+            self.free_global(key.auth, true, waiters, now);
         }
-        let rejected = info.too_many_requests.as_ref();
-        let hold = self.observe_token(key.auth, status, info, config, now);
-        self.end_in_flight(key.auth, false, now);
-        let held = match (rejected, hold) {
-            (Some(t), Some(_)) => !t.global || throttled_by_global,
-            _ => false,
-        };
-        if let Some(t) = rejected {
-            tracing::debug!(%route, ?hold, scope = ?t.scope, global = t.global, cloudflare = t.cloudflare, "429");
+        self.observe_token(key.auth, facts, call.policy, now);
+        self.end_in_flight(key.auth, false, call, now);
+        if facts.rejected {
+            tracing::debug!(%route, hold = ?facts.hold, scope = ?facts.scope, global = facts.global, "429");
         }
 
         // The route's bucket hash, learned or changed.
@@ -499,8 +452,7 @@ impl Manager {
         // The route had no hash of its own but was granted under a hash:
         // it waited on a sibling's bucket (§4.6).
         let guessed = matches!(key.id, BucketId::Hash(_)) && !self.routes.contains_key(&route);
-        if let Some(hash) = &info.bucket {
-            let hash = hash.as_str();
+        if let Some(hash) = facts.bucket {
             let current = self.routes.get(&route);
             // An answer to a request granted before the route's last remap
             // names a hash the route has left: it is not followed back.
@@ -543,22 +495,22 @@ impl Manager {
 
         let moved = target.is_some();
         let mut carried = 0;
-        if let Some(entry) = self.buckets.get_mut(&key) {
+        if let Some(bucket) = self.buckets.get_mut(&key) {
             // A wrong guess: the server counted the request in the bucket
             // its answer names, not in the sibling's, whose slot comes back.
-            entry.bucket.release(generation, !(guessed && moved));
-            entry.wake();
+            bucket.release(generation, !(guessed && moved));
+            waiters.wake(&key);
             if carry && moved {
-                carried = entry.bucket.in_flight();
+                carried = bucket.in_flight();
             }
         }
-        self.end_carried(&key, epoch);
-        let entry = match target {
+        self.end_carried(&key, epoch, waiters);
+        let (bucket, at) = match target {
             None => match self.buckets.get_mut(&key) {
-                Some(entry) => entry,
-                None => return held,
+                Some(bucket) => (bucket, &key),
+                None => return,
             },
-            Some(target) => {
+            Some(ref target) => {
                 if carried > 0 {
                     // They land in the new bucket: count them there (the old
                     // one keeps counting them too until they answer).
@@ -570,60 +522,56 @@ impl Manager {
                         left: carried,
                     });
                 }
-                let entry = match self.buckets.entry(target) {
+                let bucket = match self.buckets.entry(target.clone()) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::hash_map::Entry::Vacant(e) => {
                         tracing::debug!(bucket = ?e.key().id, major = ?e.key().major, "bucket created");
-                        e.insert(Entry::new(now))
+                        e.insert(Bucket::new(now))
                     }
                 };
-                entry.bucket.carry_in(carried);
-                entry
+                bucket.carry_in(carried);
+                (bucket, target)
             }
         };
-        let bucket = &mut entry.bucket;
         // A bucket still known by its route learns limits only with the
         // hash that names them (and then they go to that bucket): until
         // then it stays one request at a time.
-        let named = !stale && (matches!(key.id, BucketId::Hash(_)) || info.bucket.is_some());
-        match (rejected, hold) {
-            (Some(t), Some(hold)) if !t.global => {
-                bucket.block(now + hold, t.scope != Some(crate::headers::Scope::Shared))
+        let named = !stale && (matches!(key.id, BucketId::Hash(_)) || facts.bucket.is_some());
+        match (facts.rejected, facts.hold) {
+            (true, Some(hold)) if !facts.global => {
+                bucket.block(now + hold, facts.scope != Some(Scope::Shared))
             }
-            _ if info.has_bucket_headers() && named => bucket.apply(info, now),
-            _ if status.is_success() && !info.any_header => bucket.no_headers(),
+            _ if facts.has_bucket_headers() && named => bucket.apply(facts, now),
+            _ if facts.status.is_success() && !facts.any_header => bucket.no_headers(),
             _ => {}
         }
-        entry.wake();
+        waiters.wake(at);
 
         if moved && matches!(key.id, BucketId::Route(_)) {
             // The entry by route has served its purpose once nothing flies,
             // waits or is held there: the bucket is known by its hash now.
-            let done = self.buckets.get(&key).is_some_and(|e| {
-                e.bucket.in_flight() == 0 && !e.in_use() && e.bucket.known_wait(now).is_none()
+            let done = self.buckets.get(&key).is_some_and(|b| {
+                b.in_flight() == 0 && !waiters.queued(&key) && b.known_wait(now).is_none()
             });
             if done {
                 self.buckets.remove(&key);
             }
         }
-        held
     }
 
     /// Drops stale buckets, routes whose bucket is gone, and idle
-    /// authentications, and gives memory back: queues no one waits in, and
-    /// the room of maps a sweep left mostly empty (ARCHITECTURE.md §7.2).
-    /// Returns how many buckets were dropped.
-    pub(crate) fn sweep(&mut self, expire_after: Duration, now: Instant) -> usize {
+    /// authentications, and gives memory back: the room of maps a sweep
+    /// left mostly empty (ARCHITECTURE.md §7.2). Returns how many buckets
+    /// were dropped.
+    pub(crate) fn sweep(
+        &mut self,
+        expire_after: Duration,
+        waiters: &dyn Waiters,
+        now: Instant,
+    ) -> usize {
         let before = self.buckets.len();
-        self.buckets.retain(|_, e| {
-            if e.in_use() {
-                return true;
-            }
-            // No one waits in its queue or holds it: the next wait makes
-            // another.
-            e.queue = None;
-            !e.bucket.is_stale(now, expire_after)
-        });
+        self.buckets
+            .retain(|key, b| waiters.queued(key) || !b.is_stale(now, expire_after));
         let live: FastSet<&Arc<str>> = self
             .buckets
             .keys()
@@ -635,8 +583,8 @@ impl Manager {
         self.routes.retain(|_, hash| live.contains(hash));
         self.remaps
             .retain(|route, _| self.routes.contains_key(route));
-        self.auths.retain(|_, a| {
-            let idle = a.is_idle(now);
+        self.auths.retain(|auth, a| {
+            let idle = a.is_idle(now) && !waiters.queued_global(*auth);
             if !idle {
                 a.shrink(now);
             }
@@ -666,15 +614,14 @@ impl Manager {
         )
     }
 
-    pub(crate) fn counts(&mut self, now: Instant) -> Counts {
-        let mut counts = Counts {
+    pub(crate) fn counts(&mut self, now: Instant) -> StoreStats {
+        let mut counts = StoreStats {
             buckets: self.buckets.len(),
             routes: self.routes.len(),
-            ..Counts::default()
+            ..StoreStats::default()
         };
-        for e in self.buckets.values() {
-            counts.waiters += e.waiters();
-            counts.in_flight += e.bucket.in_flight() as usize;
+        for b in self.buckets.values() {
+            counts.in_flight += b.in_flight() as usize;
         }
         // A carried request counts in two buckets; once here.
         let carried: usize = self
@@ -687,14 +634,14 @@ impl Manager {
         for (auth, state) in &mut self.auths {
             let n = state.invalid.count(now);
             if n > 0 {
-                counts.invalid.push((*auth, n));
+                counts.invalid_requests.push((*auth, n));
             }
             if state.throttled(now).is_some() {
                 counts.throttled += 1;
             }
         }
-        counts.invalid.sort_unstable_by_key(|(a, _)| *a);
-        counts.invalid_total = self.invalid_total.count(now);
+        counts.invalid_requests.sort_unstable_by_key(|(a, _)| *a);
+        counts.invalid_requests_total = self.invalid_total.count(now);
         counts
     }
 
@@ -712,11 +659,11 @@ impl Manager {
 fn check_ceiling(
     state: &mut AuthState,
     total: &mut InvalidGuard,
-    config: &Config,
+    policy: &Policy,
     now: Instant,
 ) -> Result<bool, Error> {
-    let own = state.invalid.check(config.invalid_ceiling, now);
-    let all = total.check(config.invalid_ceiling_total, now);
+    let own = state.invalid.check(policy.invalid_ceiling, now);
+    let all = total.check(policy.invalid_ceiling_total, now);
     match (own, all) {
         (Ceiling::Reached { count, ceiling }, _) => {
             Err(Error::InvalidRequestLimit { count, ceiling })
@@ -746,18 +693,24 @@ fn shared_sibling(route: &Route) -> Option<Route> {
 }
 
 /// Something flies, waits or is held at this key.
-fn busy(buckets: &Map<BucketKey, Entry>, key: &BucketKey, now: Instant) -> bool {
-    buckets.get(key).is_some_and(|e| {
-        e.bucket.in_flight() > 0 || e.waiters() > 0 || e.bucket.known_wait(now).is_some()
-    })
+fn busy(
+    buckets: &Map<BucketKey, Bucket>,
+    key: &BucketKey,
+    waiters: &dyn Waiters,
+    now: Instant,
+) -> bool {
+    buckets
+        .get(key)
+        .is_some_and(|b| b.in_flight() > 0 || waiters.queued(key) || b.known_wait(now).is_some())
 }
 
 /// The key a request of `route` waits and takes its slot under.
 fn key_for(
     routes: &Map<Route, Arc<str>>,
-    buckets: &Map<BucketKey, Entry>,
+    buckets: &Map<BucketKey, Bucket>,
     route: &CompiledRoute,
     auth: AuthHash,
+    waiters: &dyn Waiters,
     now: Instant,
 ) -> BucketKey {
     let key_of = |id: BucketId| BucketKey {
@@ -775,7 +728,7 @@ fn key_for(
                 shared_sibling(route.route()).filter(|s| routes.get(s).is_none_or(|h| h == hash));
             for r in std::iter::once(route.route().clone()).chain(sibling) {
                 let unknown = key_of(BucketId::Route(r));
-                if busy(buckets, &unknown, now) {
+                if busy(buckets, &unknown, waiters, now) {
                     return unknown;
                 }
             }
@@ -786,7 +739,7 @@ fn key_for(
     let Some(sibling) = shared_sibling(route.route()) else {
         return own;
     };
-    if busy(buckets, &own, now) {
+    if busy(buckets, &own, waiters, now) {
         return own;
     }
     // An unknown route that Discord shares a bucket with a sibling: wait on
@@ -795,13 +748,13 @@ fn key_for(
     match routes.get(&sibling) {
         Some(hash) => {
             let key = key_of(BucketId::Hash(Arc::clone(hash)));
-            if !buckets.contains_key(&key) && busy(buckets, &probe, now) {
+            if !buckets.contains_key(&key) && busy(buckets, &probe, waiters, now) {
                 probe
             } else {
                 key
             }
         }
-        None if busy(buckets, &probe, now) => probe,
+        None if busy(buckets, &probe, waiters, now) => probe,
         None => own,
     }
 }
@@ -813,23 +766,43 @@ mod tests {
 
     use http::Method;
 
+    use http::StatusCode;
+
     use super::*;
-    use crate::headers::{Scope, TooManyRequests};
-    use crate::route::DiscordResolver;
+    use crate::headers::{RateLimitInfo, TooManyRequests};
+    use crate::limiter::wait::{Queue, Queues};
 
     const A: AuthHash = AuthHash(1);
     const B: AuthHash = AuthHash(2);
     const C: AuthHash = AuthHash(3);
 
+    /// The limiter's settings and the middleware's queues.
+    struct Config {
+        policy: Policy,
+        queues: Queues,
+    }
+
+    impl Config {
+        fn call(&self) -> Call<'_> {
+            Call::new(&self.policy, &self.queues)
+        }
+    }
+
     fn config(own: Option<u32>, total: Option<u32>) -> Config {
-        Config {
-            max_rate_limit: Duration::from_secs(300),
+        let policy = Policy {
             global_per_second: None,
-            expire_after: Duration::from_secs(10),
             invalid_ceiling: own,
             invalid_ceiling_total: total,
-            resolver: Arc::new(DiscordResolver),
+            ..Policy::default()
+        };
+        Config {
+            policy,
+            queues: Queues::default(),
         }
+    }
+
+    fn facts(status: StatusCode, info: &RateLimitInfo, now: Instant) -> ResponseFacts<'_> {
+        ResponseFacts::from_info(status, info, now)
     }
 
     /// "Create message" in `channel`: an unknown bucket of its own.
@@ -845,21 +818,22 @@ mod tests {
         auth: AuthHash,
         config: &Config,
         now: Instant,
-    ) -> Result<Result<Grant, Arc<Queue>>, Error> {
-        Ok(
-            match m.acquire(&channel(c), auth, None, false, config, now)? {
-                Acquire::Granted(grant) => Ok(grant),
-                Acquire::Wait { until, queue, .. } => {
-                    assert_eq!(until, None, "held until an answer, not a time");
-                    Err(queue)
-                }
-            },
-        )
+    ) -> Result<Result<Lease, Arc<Queue>>, Error> {
+        let route = channel(c);
+        let request = AcquireRequest::new(&route, auth, config.call());
+        Ok(match m.acquire(&request, now)? {
+            Acquired::Granted(grant) => Ok(grant),
+            Acquired::Wait { wait, key, .. } => {
+                assert_eq!(wait, None, "held until an answer, not a time");
+                Err(config.queues.queue(&key))
+            }
+        })
     }
 
-    fn answer(m: &mut Manager, grant: Grant, status: u16, config: &Config, now: Instant) {
+    fn answer(m: &mut Manager, grant: Lease, status: u16, config: &Config, now: Instant) {
         let status = StatusCode::from_u16(status).unwrap();
-        m.record(grant, status, &RateLimitInfo::default(), config, now);
+        let info = RateLimitInfo::default();
+        m.record(grant, &facts(status, &info, now), config.call(), now);
     }
 
     fn in_flight(m: &Manager, auth: AuthHash) -> u32 {
@@ -874,7 +848,7 @@ mod tests {
         let now = Instant::now();
         let config = config(Some(3), None);
         let mut m = Manager::default();
-        let mut grants: Vec<Grant> = (0..3)
+        let mut grants: Vec<Lease> = (0..3)
             .map(|c| ask(&mut m, c, A, &config, now).unwrap().unwrap())
             .collect();
         assert_eq!(in_flight(&m, A), 3);
@@ -935,26 +909,26 @@ mod tests {
         let config = config(Some(10), Some(100));
         let mut m = Manager::default();
         let g = ask(&mut m, 0, A, &config, now).unwrap().unwrap();
-        m.release(g, false, now);
+        m.release(g, false, config.call(), now);
         assert_eq!((m.invalid_count(A, now), in_flight(&m, A)), (0, 0));
 
         let g = ask(&mut m, 0, A, &config, now).unwrap().unwrap();
-        m.release(g, true, now);
+        m.release(g, true, config.call(), now);
         assert_eq!((m.invalid_count(A, now), in_flight(&m, A)), (1, 0));
-        assert_eq!(m.counts(now).invalid_total, 1);
+        assert_eq!(m.counts(now).invalid_requests_total, 1);
 
         let g = ask(&mut m, 1, A, &config, now).unwrap().unwrap();
         answer(&mut m, g, 200, &config, now);
         let g = ask(&mut m, 2, A, &config, now).unwrap().unwrap();
-        m.release(g, true, now);
+        m.release(g, true, config.call(), now);
         assert_eq!(m.invalid_count(A, now), 1, "the token is known good");
 
         let g = ask(&mut m, 3, A, &config, now).unwrap().unwrap();
         answer(&mut m, g, 401, &config, now);
         let g = ask(&mut m, 4, A, &config, now).unwrap().unwrap();
-        m.release(g, true, now);
+        m.release(g, true, config.call(), now);
         assert_eq!(m.invalid_count(A, now), 3, "its latest answer was invalid");
-        assert_eq!(m.counts(now).invalid_total, 3);
+        assert_eq!(m.counts(now).invalid_requests_total, 3);
         assert_eq!(m.invalid_total.in_flight(), 0);
     }
 
@@ -980,8 +954,8 @@ mod tests {
             }
         );
         let counts = m.counts(now);
-        assert_eq!(counts.invalid_total, 2);
-        assert_eq!(counts.invalid, vec![(A, 1), (B, 1)]);
+        assert_eq!(counts.invalid_requests_total, 2);
+        assert_eq!(counts.invalid_requests, vec![(A, 1), (B, 1)]);
         // Until the count slides out of the ten minutes.
         let later = now + Duration::from_secs(600);
         assert!(ask(&mut m, 0, C, &config, later).unwrap().is_ok());
@@ -994,14 +968,15 @@ mod tests {
         let now = Instant::now();
         let config = config(Some(2), None);
         let mut m = Manager::default();
-        assert!(matches!(m.pass(A, &config, now), Ok(Pass::Go)));
+        assert_eq!(m.pass(A, config.call(), now), Ok(true));
         assert!(ask(&mut m, 0, A, &config, now).unwrap().is_ok());
-        assert!(matches!(m.pass(A, &config, now), Ok(Pass::Wait(_))));
-        let status = StatusCode::UNAUTHORIZED;
-        m.observe_token(A, status, &RateLimitInfo::default(), &config, now);
-        m.pass_end(A, false, now);
+        assert_eq!(m.pass(A, config.call(), now), Ok(false));
+        let info = RateLimitInfo::default();
+        let answer = facts(StatusCode::UNAUTHORIZED, &info, now);
+        m.observe_token(A, &answer, &config.policy, now);
+        m.end_in_flight(A, false, config.call(), now);
         assert_eq!((m.invalid_count(A, now), in_flight(&m, A)), (1, 1));
-        assert!(matches!(m.pass(A, &config, now), Ok(Pass::Wait(_))));
+        assert_eq!(m.pass(A, config.call(), now), Ok(false));
     }
 
     /// ARCHITECTURE.md §1: a `shared` 429 is not invalid, for either count;
@@ -1021,28 +996,34 @@ mod tests {
         };
         for c in 0..5 {
             let g = ask(&mut m, c, A, &config, now).unwrap().unwrap();
+            let info = info(Scope::Shared);
             m.record(
                 g,
-                StatusCode::TOO_MANY_REQUESTS,
-                &info(Scope::Shared),
-                &config,
+                &facts(StatusCode::TOO_MANY_REQUESTS, &info, now),
+                config.call(),
                 now,
             );
         }
         assert_eq!(
-            (m.invalid_count(A, now), m.counts(now).invalid_total),
+            (
+                m.invalid_count(A, now),
+                m.counts(now).invalid_requests_total
+            ),
             (0, 0)
         );
         let g = ask(&mut m, 9, A, &config, now).unwrap().unwrap();
+        let info = info(Scope::User);
         m.record(
             g,
-            StatusCode::TOO_MANY_REQUESTS,
-            &info(Scope::User),
-            &config,
+            &facts(StatusCode::TOO_MANY_REQUESTS, &info, now),
+            config.call(),
             now,
         );
         assert_eq!(
-            (m.invalid_count(A, now), m.counts(now).invalid_total),
+            (
+                m.invalid_count(A, now),
+                m.counts(now).invalid_requests_total
+            ),
             (1, 1)
         );
     }
