@@ -191,11 +191,15 @@ impl Manager {
 
         let key = key_for(routes, buckets, route, auth, waiters, now);
         let is_head = request.head() == Some(&key);
-        let bucket = buckets
-            .entry(key.clone())
-            .or_insert_with(|| Bucket::new(now));
+        let (bucket, fresh) = match buckets.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => (e.into_mut(), false),
+            std::collections::hash_map::Entry::Vacant(e) => (e.insert(Bucket::new(now)), true),
+        };
 
-        if !is_head && waiters.queued(&key) {
+        // No one waits at a key the store did not hold: only a key the store
+        // answered `Wait` for gets a queue, and a bucket is not dropped while
+        // someone is queued at it.
+        if !is_head && !fresh && waiters.queued(&key) {
             let bucket_until = bucket.known_wait(now);
             let (until, reason) = match (bucket_until, throttled) {
                 (Some(b), Some(g)) if g >= b => (Some(g), WaitReason::GlobalThrottle),
@@ -499,7 +503,10 @@ impl Manager {
             // A wrong guess: the server counted the request in the bucket
             // its answer names, not in the sibling's, whose slot comes back.
             bucket.release(generation, !(guessed && moved));
-            waiters.wake(&key);
+            if moved {
+                // Else woken below, once the answer is learned.
+                waiters.wake(&key);
+            }
             if carry && moved {
                 carried = bucket.in_flight();
             }
@@ -699,9 +706,10 @@ fn busy(
     waiters: &dyn Waiters,
     now: Instant,
 ) -> bool {
+    // The queue last: it may take the middleware's lock.
     buckets
         .get(key)
-        .is_some_and(|b| b.in_flight() > 0 || waiters.queued(key) || b.known_wait(now).is_some())
+        .is_some_and(|b| b.in_flight() > 0 || b.known_wait(now).is_some() || waiters.queued(key))
 }
 
 /// The key a request of `route` waits and takes its slot under.

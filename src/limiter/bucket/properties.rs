@@ -205,7 +205,7 @@ impl Client {
         }
     }
 
-    /// Learns from an answer as the store does (`Manager::record`).
+    /// Learns from an answer as the memory store does (`Manager::record`).
     fn learn(&mut self, generation: u32, answer: &Answer) {
         let mut headers = HeaderMap::new();
         for (name, value) in &answer.headers {
