@@ -331,10 +331,12 @@ impl Limiter {
             Some(go) => Some(go?),
             None => None,
         };
-        if go == Some(true) {
-            return Ok(Start::Go(Ticket::pass(shared, auth)));
+        match go {
+            Some(true) => return Ok(Start::Go(Ticket::pass(shared, auth))),
+            Some(false) => tracing::debug!("waiting for the invalid-request ceiling"),
+            // A store's futures do nothing until polled: asked again there.
+            None => {}
         }
-        tracing::debug!("waiting for the invalid-request ceiling");
         Ok(Start::Wait(Box::pin(wait_pass(Arc::clone(shared), auth))))
     }
 
