@@ -295,6 +295,13 @@ pub trait Waiters: Send + Sync {
     /// A request in flight ended: wake every request an invalid-request
     /// ceiling holds.
     fn wake_ceiling(&self);
+
+    /// The store answers `Wait` at `key` to the request asking, which is
+    /// not the head of `key`'s queue: queue it there now, while the store
+    /// decides, so that no request asking after it is served before it
+    /// (first come first served). A store that does not call it leaves the
+    /// middleware to queue the request once the answer is in.
+    fn join(&self, key: &BucketKey);
 }
 
 /// What every call to a store carries: the settings and the middleware's

@@ -373,6 +373,7 @@ fn test_call() -> Call<'static> {
         fn wake_global(&self, _: AuthHash) {}
         fn held_by_ceiling(&self, _: Option<&BucketKey>) {}
         fn wake_ceiling(&self) {}
+        fn join(&self, _: &BucketKey) {}
     }
     static POLICY: std::sync::OnceLock<tower_rest_ratelimit::store::Policy> =
         std::sync::OnceLock::new();

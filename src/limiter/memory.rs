@@ -48,7 +48,16 @@ impl Store for MemoryStore {
         request: &'a AcquireRequest<'a>,
     ) -> StoreFuture<'a, Result<Acquired, StoreError>> {
         let now = Instant::now();
-        StoreFuture::ready(self.lock().acquire(request, now).map_err(StoreError::from))
+        let mut manager = self.lock();
+        let answer = manager.acquire(request, now);
+        if let Ok(Acquired::Wait { key, .. }) = &answer {
+            if request.head() != Some(key) {
+                // Queued under the lock: no one asking later goes first.
+                request.call().waiters.join(key);
+            }
+        }
+        drop(manager);
+        StoreFuture::ready(answer.map_err(StoreError::from))
     }
 
     fn pass<'a>(

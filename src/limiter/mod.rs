@@ -36,7 +36,7 @@ mod wait;
 pub(crate) use hash::FastSet;
 pub use memory::MemoryStore;
 pub(crate) use ticket::{Pending429, Ticket};
-use wait::{acquire_later, wait_pass, wait_turn, Queues, Waiter};
+use wait::{acquire_later, wait_pass, wait_turn, Asking, Queues};
 
 /// A hash of an `Authorization` header value: what the limiter keys
 /// authentications by. The raw token is never stored.
@@ -302,14 +302,16 @@ impl Limiter {
             return Err(Error::Closed);
         }
         self.ensure_sweeper();
+        let asking = shared.queues.asking();
         let answer = {
-            let request = AcquireRequest::new(&route, auth, shared.call());
+            let request =
+                AcquireRequest::new(&route, auth, Call::new(&shared.config.policy, &asking));
             // A store's futures do nothing until polled: one not ready is
             // dropped, and asked again where the request may wait.
             shared.store.acquire(&request).into_ready().ok()
         };
         match answer {
-            Some(answer) => first_answer(shared, route, auth, answer?),
+            Some(answer) => first_answer(shared, route, auth, answer?, &asking),
             None => Ok(Start::Wait(Box::pin(acquire_later(
                 Arc::clone(shared),
                 route,
@@ -397,6 +399,7 @@ fn first_answer(
     route: CompiledRoute,
     auth: AuthHash,
     answer: Acquired,
+    asking: &Asking<'_>,
 ) -> Result<Start, Error> {
     match answer {
         Acquired::Granted(lease) => {
@@ -410,7 +413,7 @@ fn first_answer(
             let until = wait.map(|w| tokio::time::Instant::now() + w);
             let global = reason.is_global();
             tracing::debug!(route = %route.route(), ?until, global, "waiting for the rate limit");
-            let waiter = Waiter::new(shared.queues.queue(&key), key);
+            let waiter = asking.place(key);
             Ok(Start::Wait(Box::pin(wait_turn(
                 Arc::clone(shared),
                 route,

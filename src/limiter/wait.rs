@@ -13,7 +13,7 @@ use super::hash::{shrink_if_sparse, Map};
 use super::{AuthHash, Shared, Ticket};
 use crate::error::Error;
 use crate::route::{CompiledRoute, Limits};
-use crate::store::{AcquireRequest, Acquired, BucketKey, WaitReason, Waiters};
+use crate::store::{AcquireRequest, Acquired, BucketKey, Call, WaitReason, Waiters};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -255,6 +255,69 @@ impl Waiters for Queues {
             }
         }
     }
+
+    /// Only a request asking is given a place ([`Asking`]).
+    fn join(&self, _key: &BucketKey) {}
+}
+
+impl Queues {
+    /// A question to the store, by one request.
+    pub(crate) fn asking(&self) -> Asking<'_> {
+        Asking {
+            queues: self,
+            place: Mutex::new(None),
+        }
+    }
+}
+
+/// The queues as one request asking the store sees them: the place the
+/// store takes for it ([`Waiters::join`]) is kept here, so that it is the
+/// request's own, and goes if the request is dropped before it queues.
+#[derive(Debug)]
+pub(crate) struct Asking<'a> {
+    queues: &'a Queues,
+    place: Mutex<Option<Waiter>>,
+}
+
+impl Asking<'_> {
+    /// The request's place at `key`: the one the store took, or a new one.
+    pub(crate) fn place(&self, key: BucketKey) -> Waiter {
+        match lock(&self.place).take() {
+            Some(waiter) if waiter.key == key => waiter,
+            _ => Waiter::new(self.queues.queue(&key), key),
+        }
+    }
+}
+
+impl Waiters for Asking<'_> {
+    fn queued(&self, key: &BucketKey) -> bool {
+        self.queues.queued(key)
+    }
+
+    fn queued_global(&self, auth: AuthHash) -> bool {
+        self.queues.queued_global(auth)
+    }
+
+    fn wake(&self, key: &BucketKey) {
+        self.queues.wake(key);
+    }
+
+    fn wake_global(&self, auth: AuthHash) {
+        self.queues.wake_global(auth);
+    }
+
+    fn held_by_ceiling(&self, key: Option<&BucketKey>) {
+        self.queues.held_by_ceiling(key);
+    }
+
+    fn wake_ceiling(&self) {
+        self.queues.wake_ceiling();
+    }
+
+    fn join(&self, key: &BucketKey) {
+        let waiter = Waiter::new(self.queues.queue(key), key.clone());
+        *lock(&self.place) = Some(waiter);
+    }
 }
 
 /// A request no limit applies to, held by an invalid-request ceiling: waits
@@ -290,11 +353,13 @@ pub(super) async fn acquire_later(
     route: CompiledRoute,
     auth: AuthHash,
 ) -> Result<Ticket, Error> {
+    let asking = shared.queues.asking();
     let answer = {
-        let request = AcquireRequest::new(&route, auth, shared.call());
+        let call = Call::new(&shared.config.policy, &asking);
+        let request = AcquireRequest::new(&route, auth, call);
         shared.store.acquire(&request).await?
     };
-    match super::first_answer(&shared, route, auth, answer)? {
+    match super::first_answer(&shared, route, auth, answer, &asking)? {
         super::Start::Go(ticket) => Ok(ticket),
         super::Start::Wait(wait) => wait.await,
     }
@@ -335,8 +400,10 @@ pub(super) async fn wait_turn(
                 if shared.is_closed() {
                     return Err(Error::Closed);
                 }
+                let asking = shared.queues.asking();
                 let answer = {
-                    let request = AcquireRequest::new(&route, auth, shared.call())
+                    let call = Call::new(&shared.config.policy, &asking);
+                    let request = AcquireRequest::new(&route, auth, call)
                         .with_head(Some(&waiter.key))
                         .with_global_turn(global_turn.is_some());
                     shared.store.acquire(&request).await?
@@ -349,7 +416,7 @@ pub(super) async fn wait_turn(
                     Acquired::Wait { key, .. } if key != waiter.key => {
                         // The route's bucket was learned or changed: queue there.
                         global_turn = None;
-                        waiter = Waiter::new(shared.queues.queue(&key), key);
+                        waiter = asking.place(key);
                         break;
                     }
                     Acquired::Wait { wait, reason, .. } => (wait, reason),
