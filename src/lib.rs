@@ -11,7 +11,9 @@
 //! global limit (50 requests per second by default), and counts invalid
 //! requests so that Cloudflare never bans your IP.
 //!
-//! All clones of one layer share one [`Limiter`].
+//! All clones of one layer share one [`Limiter`]. Its state lives in a
+//! [`Store`]: [`MemoryStore`], in this process, by default; another store
+//! can be plugged in with [`Builder::store`] (see the [`store`] module).
 //!
 //! # Example
 //!

@@ -282,7 +282,8 @@ pub(crate) struct Asking<'a> {
 impl Asking<'_> {
     /// The request's place at `key`: the one the store took, or a new one.
     pub(crate) fn place(&self, key: BucketKey) -> Waiter {
-        match lock(&self.place).take() {
+        let taken = lock(&self.place).take();
+        match taken {
             Some(waiter) if waiter.key == key => waiter,
             _ => Waiter::new(self.queues.queue(&key), key),
         }
