@@ -148,7 +148,9 @@ impl BucketKey {
 /// The key and route are the middleware's; the rest is the store's own, for
 /// it to find the slot again (a lease id, the window the slot came from...)
 /// and means nothing to the middleware.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Not `Clone`: a lease is answered once.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Lease {
     key: BucketKey,
     route: Route,
