@@ -40,13 +40,11 @@ impl MemoryStore {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Manager> {
         self.manager.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-impl Store for MemoryStore {
-    fn acquire<'a>(
-        &'a self,
-        request: &'a AcquireRequest<'a>,
-    ) -> StoreFuture<'a, Result<Acquired, StoreError>> {
+    /// [`Store::acquire`], answered at once: what the limiter calls directly
+    /// when this is its store, the fast path.
+    #[inline]
+    pub(crate) fn acquire_now(&self, request: &AcquireRequest<'_>) -> Result<Acquired, Error> {
         let now = Instant::now();
         let mut manager = self.lock();
         let answer = manager.acquire(request, now);
@@ -56,8 +54,58 @@ impl Store for MemoryStore {
                 request.call().waiters.join(key);
             }
         }
-        drop(manager);
-        StoreFuture::ready(answer.map_err(StoreError::from))
+        answer
+    }
+
+    /// [`Store::record`], done at once. The answer is recorded as of when it
+    /// came.
+    #[inline]
+    pub(crate) fn record_now(&self, lease: Lease, facts: &ResponseFacts<'_>, call: Call<'_>) {
+        self.lock().record(lease, facts, call, facts.received);
+    }
+
+    /// [`Store::release`], done at once.
+    #[inline]
+    pub(crate) fn release_now(&self, lease: Lease, sent: bool, call: Call<'_>) {
+        let now = Instant::now();
+        self.lock().release(lease, sent, call, now);
+    }
+
+    /// [`Store::end_pass`], done at once.
+    pub(crate) fn end_pass_now(
+        &self,
+        auth: AuthHash,
+        answer: Option<&ResponseFacts<'_>>,
+        sent: bool,
+        call: Call<'_>,
+    ) {
+        let now = answer.map_or_else(Instant::now, |facts| facts.received);
+        let mut manager = self.lock();
+        if let Some(facts) = answer {
+            manager.observe_token(auth, facts, call.policy, now);
+        }
+        manager.end_in_flight(auth, answer.is_none() && sent, call, now);
+    }
+
+    /// [`Store::extend_429`], done at once.
+    pub(crate) fn extend_429_now(
+        &self,
+        key: Option<&BucketKey>,
+        auth: AuthHash,
+        facts: &ResponseFacts<'_>,
+        call: Call<'_>,
+    ) {
+        let now = Instant::now();
+        self.lock().extend_429(key, auth, facts, call, now);
+    }
+}
+
+impl Store for MemoryStore {
+    fn acquire<'a>(
+        &'a self,
+        request: &'a AcquireRequest<'a>,
+    ) -> StoreFuture<'a, Result<Acquired, StoreError>> {
+        StoreFuture::ready(self.acquire_now(request).map_err(StoreError::from))
     }
 
     fn pass<'a>(
@@ -75,14 +123,12 @@ impl Store for MemoryStore {
         facts: &ResponseFacts<'_>,
         call: Call<'_>,
     ) -> StoreFuture<'static, ()> {
-        let now = Instant::now();
-        self.lock().record(lease, facts, call, now);
+        self.record_now(lease, facts, call);
         StoreFuture::ready(())
     }
 
     fn release(&self, lease: Lease, sent: bool, call: Call<'_>) -> StoreFuture<'static, ()> {
-        let now = Instant::now();
-        self.lock().release(lease, sent, call, now);
+        self.release_now(lease, sent, call);
         StoreFuture::ready(())
     }
 
@@ -93,12 +139,7 @@ impl Store for MemoryStore {
         sent: bool,
         call: Call<'_>,
     ) -> StoreFuture<'static, ()> {
-        let now = Instant::now();
-        let mut manager = self.lock();
-        if let Some(facts) = answer {
-            manager.observe_token(auth, facts, call.policy, now);
-        }
-        manager.end_in_flight(auth, answer.is_none() && sent, call, now);
+        self.end_pass_now(auth, answer, sent, call);
         StoreFuture::ready(())
     }
 
@@ -109,8 +150,7 @@ impl Store for MemoryStore {
         facts: &ResponseFacts<'_>,
         call: Call<'_>,
     ) -> StoreFuture<'static, ()> {
-        let now = Instant::now();
-        self.lock().extend_429(key, auth, facts, call, now);
+        self.extend_429_now(key, auth, facts, call);
         StoreFuture::ready(())
     }
 

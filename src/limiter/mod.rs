@@ -22,7 +22,9 @@ use tokio::sync::Notify;
 use crate::error::Error;
 use crate::layer::Builder;
 use crate::route::{CompiledRoute, Limits, RouteResolver};
-use crate::store::{AcquireRequest, Acquired, Call, Policy, Store};
+use crate::store::{
+    AcquireRequest, Acquired, BucketKey, Call, Lease, Policy, ResponseFacts, Store, StoreFuture,
+};
 
 mod bucket;
 mod global;
@@ -124,8 +126,9 @@ struct Shared {
     close: Arc<Notify>,
     hasher: RandomState,
     sweeper: AtomicBool,
-    /// The store, when it is the default one (for crate tests).
-    #[cfg(test)]
+    /// The store, when it is the default memory store: called directly,
+    /// its answers neither wrapped nor dispatched (the fast path; the same
+    /// calls as through the trait).
     memory: Option<Arc<MemoryStore>>,
 }
 
@@ -148,6 +151,46 @@ impl Shared {
     /// What every call to the store carries.
     fn call(&self) -> Call<'_> {
         Call::new(&self.config.policy, &self.queues)
+    }
+
+    /// Asks the store for a slot, and waits for its answer.
+    async fn acquire(&self, request: &AcquireRequest<'_>) -> Result<Acquired, Error> {
+        match &self.memory {
+            Some(memory) => memory.acquire_now(request),
+            None => Ok(self.store.acquire(request).await?),
+        }
+    }
+
+    /// Records the answer to a granted request.
+    fn record(&self, lease: Lease, facts: &ResponseFacts<'_>) {
+        match &self.memory {
+            Some(memory) => memory.record_now(lease, facts, self.call()),
+            None => settle(self.store.record(lease, facts, self.call())),
+        }
+    }
+
+    /// A granted request ended unanswered.
+    fn release(&self, lease: Lease, sent: bool) {
+        match &self.memory {
+            Some(memory) => memory.release_now(lease, sent, self.call()),
+            None => settle(self.store.release(lease, sent, self.call())),
+        }
+    }
+
+    /// A passed request ended.
+    fn end_pass(&self, auth: AuthHash, answer: Option<&ResponseFacts<'_>>, sent: bool) {
+        match &self.memory {
+            Some(memory) => memory.end_pass_now(auth, answer, sent, self.call()),
+            None => settle(self.store.end_pass(auth, answer, sent, self.call())),
+        }
+    }
+
+    /// What a 429's body (or its drop) adds.
+    fn extend_429(&self, key: Option<&BucketKey>, auth: AuthHash, facts: &ResponseFacts<'_>) {
+        match &self.memory {
+            Some(memory) => memory.extend_429_now(key, auth, facts, self.call()),
+            None => settle(self.store.extend_429(key, auth, facts, self.call())),
+        }
     }
 
     fn is_closed(&self) -> bool {
@@ -226,7 +269,6 @@ impl Limiter {
         };
         Self {
             shared: Arc::new(Shared {
-                #[cfg(test)]
                 memory: config.store.is_none().then_some(memory),
                 config,
                 store,
@@ -306,12 +348,18 @@ impl Limiter {
         let answer = {
             let request =
                 AcquireRequest::new(&route, auth, Call::new(&shared.config.policy, &asking));
-            // A store's futures do nothing until polled: one not ready is
-            // dropped, and asked again where the request may wait.
-            shared.store.acquire(&request).into_ready().ok()
+            match &shared.memory {
+                Some(memory) => Some(memory.acquire_now(&request)?),
+                // A store's futures do nothing until polled: one not ready
+                // is dropped, and asked again where the request may wait.
+                None => match shared.store.acquire(&request).into_ready() {
+                    Ok(answer) => Some(answer?),
+                    Err(_later) => None,
+                },
+            }
         };
         match answer {
-            Some(answer) => first_answer(shared, route, auth, answer?, &asking),
+            Some(answer) => first_answer(shared, route, auth, answer, &asking),
             None => Ok(Start::Wait(Box::pin(acquire_later(
                 Arc::clone(shared),
                 route,
@@ -420,6 +468,19 @@ fn first_answer(
                 auth,
                 waiter,
             ))))
+        }
+    }
+}
+
+/// Runs what a store does after an answer: at once for a store that is
+/// done, else in the background on the current runtime.
+fn settle(future: StoreFuture<'static, ()>) {
+    if let Err(later) = future.into_ready() {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(later);
+            }
+            Err(_) => tracing::warn!("no runtime to finish a store call on: dropped"),
         }
     }
 }

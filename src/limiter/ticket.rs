@@ -8,20 +8,7 @@ use tokio::time::Instant;
 
 use super::{AuthHash, Shared};
 use crate::headers::RateLimitInfo;
-use crate::store::{BucketKey, Lease, ResponseFacts, StoreFuture};
-
-/// Runs what a store does after an answer: at once for a store that is
-/// done (the memory store), else in the background on the current runtime.
-fn settle(future: StoreFuture<'static, ()>) {
-    if let Err(later) = future.into_ready() {
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(later);
-            }
-            Err(_) => tracing::warn!("no runtime to finish a store call on: dropped"),
-        }
-    }
-}
+use crate::store::{BucketKey, Lease, ResponseFacts};
 
 /// A granted slot (or, for a route no limit applies to, a pass). Dropped
 /// without [`record`](Self::record), it goes back: whole if the request was
@@ -90,16 +77,12 @@ impl Ticket {
         let facts = ResponseFacts::from_info(status, info, Instant::now());
         match self.grant.take() {
             Some(grant) => {
-                settle(shared.store.record(grant, &facts, shared.call()));
+                shared.record(grant, &facts);
                 facts.held(true, self.global_limits)
             }
             None => {
                 if std::mem::take(&mut self.pass) {
-                    settle(
-                        shared
-                            .store
-                            .end_pass(self.auth, Some(&facts), false, shared.call()),
-                    );
+                    shared.end_pass(self.auth, Some(&facts), false);
                 }
                 false
             }
@@ -194,11 +177,7 @@ impl Pending429 {
     fn extend(&self, info: &RateLimitInfo) -> bool {
         let shared = &self.shared;
         let facts = ResponseFacts::from_info(http::StatusCode::TOO_MANY_REQUESTS, info, self.at);
-        settle(
-            shared
-                .store
-                .extend_429(self.key.as_ref(), self.auth, &facts, shared.call()),
-        );
+        shared.extend_429(self.key.as_ref(), self.auth, &facts);
         facts.held(self.key.is_some(), self.throttled_by_global)
     }
 }
@@ -215,13 +194,9 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let shared = &self.shared;
         if let Some(grant) = self.grant.take() {
-            settle(shared.store.release(grant, self.sent, shared.call()));
+            shared.release(grant, self.sent);
         } else if self.pass {
-            settle(
-                shared
-                    .store
-                    .end_pass(self.auth, None, self.sent, shared.call()),
-            );
+            shared.end_pass(self.auth, None, self.sent);
         }
     }
 }

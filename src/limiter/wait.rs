@@ -358,7 +358,7 @@ pub(super) async fn acquire_later(
     let answer = {
         let call = Call::new(&shared.config.policy, &asking);
         let request = AcquireRequest::new(&route, auth, call);
-        shared.store.acquire(&request).await?
+        shared.acquire(&request).await?
     };
     match super::first_answer(&shared, route, auth, answer, &asking)? {
         super::Start::Go(ticket) => Ok(ticket),
@@ -407,7 +407,7 @@ pub(super) async fn wait_turn(
                     let request = AcquireRequest::new(&route, auth, call)
                         .with_head(Some(&waiter.key))
                         .with_global_turn(global_turn.is_some());
-                    shared.store.acquire(&request).await?
+                    shared.acquire(&request).await?
                 };
                 let now = Instant::now();
                 let (wait, reason) = match answer {
