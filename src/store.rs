@@ -497,6 +497,7 @@ impl<'a> ResponseFacts<'a> {
 
     /// Facts from Discord's headers (and a 429's body), as the layer reads
     /// them.
+    #[inline]
     pub fn from_info(status: StatusCode, info: &'a RateLimitInfo, received: Instant) -> Self {
         let rejected = info.too_many_requests.as_ref();
         Self {

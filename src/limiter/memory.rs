@@ -43,7 +43,7 @@ impl MemoryStore {
 
     /// [`Store::acquire`], answered at once: what the limiter calls directly
     /// when this is its store, the fast path.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn acquire_now(&self, request: &AcquireRequest<'_>) -> Result<Acquired, Error> {
         let now = Instant::now();
         let mut manager = self.lock();
@@ -59,7 +59,7 @@ impl MemoryStore {
 
     /// [`Store::record`], done at once. The answer is recorded as of when it
     /// came.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn record_now(&self, lease: Lease, facts: &ResponseFacts<'_>, call: Call<'_>) {
         self.lock().record(lease, facts, call, facts.received);
     }

@@ -162,6 +162,7 @@ impl Shared {
     }
 
     /// Records the answer to a granted request.
+    #[inline(always)]
     fn record(&self, lease: Lease, facts: &ResponseFacts<'_>) {
         match &self.memory {
             Some(memory) => memory.record_now(lease, facts, self.call()),
@@ -442,6 +443,7 @@ impl Shared {
 
 /// The first answer of the store to a request: go, or wait at the key it
 /// names (ARCHITECTURE.md §2.2).
+#[inline(always)]
 fn first_answer(
     shared: &Arc<Shared>,
     route: CompiledRoute,
