@@ -182,6 +182,19 @@ impl Bucket {
         }
     }
 
+    /// Bumped by every refill and new window.
+    pub(crate) fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// A 429 recorded earlier says more (its body was read, or dropped
+    /// unread): the bucket is held until `until` too. Only the hold
+    /// extends: the window (`reset`, `remaining`) may have moved on since
+    /// the 429 came, and answers since then know it better (§4.7).
+    pub(crate) fn extend_hold(&mut self, until: Instant) {
+        self.blocked_until = Some(self.blocked_until.map_or(until, |b| b.max(until)));
+    }
+
     /// A successful response without rate-limit headers.
     pub(crate) fn no_headers(&mut self) {
         if self.limit.is_none() {

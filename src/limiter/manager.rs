@@ -363,6 +363,7 @@ impl Manager {
         throttled_by_global: bool,
         info: &RateLimitInfo,
         config: &Config,
+        generation: Option<u32>,
         at: Instant,
         now: Instant,
     ) -> bool {
@@ -375,21 +376,32 @@ impl Manager {
             return key.is_some() && throttled_by_global;
         }
         let Some(key) = key else { return false };
-        // Where `record` put the answer: the bucket its hash names.
-        let key = match &info.bucket {
-            Some(hash) => BucketKey {
-                id: BucketId::Hash(Arc::from(hash.as_str())),
-                major: key.major.clone(),
-                auth: key.auth,
-            },
-            None => key.clone(),
-        };
-        let entry = self.buckets.entry(key).or_insert_with(|| Entry::new(now));
-        entry
-            .bucket
-            .block(at + hold, t.scope != Some(crate::headers::Scope::Shared));
-        entry.wake();
+        let until = at + hold;
+        if until <= now {
+            // Over already: the window may have refilled and filled again
+            // since, which an old hold must not undo.
+            return true;
+        }
+        if let Some(entry) = self.buckets.get_mut(&answered_key(key, info)) {
+            if Some(entry.bucket.generation()) == generation {
+                // The window the 429 spoke of is still the bucket's own.
+                let exhausted = t.scope != Some(crate::headers::Scope::Shared);
+                entry.bucket.block(until, exhausted);
+            } else {
+                entry.bucket.extend_hold(until);
+            }
+            entry.wake();
+        }
         true
+    }
+
+    /// The window generation of the bucket that answered a 429 under `key`,
+    /// when its headers came: [`extend_429`](Self::extend_429) then knows
+    /// whether the bucket's window moved on since.
+    pub(crate) fn generation_429(&self, key: &BucketKey, info: &RateLimitInfo) -> Option<u32> {
+        self.buckets
+            .get(&answered_key(key, info))
+            .map(|e| e.bucket.generation())
     }
 
     /// A granted request ended without an answer; `sent` tells whether it
@@ -729,6 +741,19 @@ fn check_ceiling(
     }
 }
 
+/// The bucket that answered a request granted under `key`: the one its
+/// hash names.
+fn answered_key(key: &BucketKey, info: &RateLimitInfo) -> BucketKey {
+    match &info.bucket {
+        Some(hash) => BucketKey {
+            id: BucketId::Hash(Arc::from(hash.as_str())),
+            major: key.major.clone(),
+            auth: key.auth,
+        },
+        None => key.clone(),
+    }
+}
+
 /// The template of Discord's own-reaction routes, whose `PUT` and `DELETE`
 /// share one bucket.
 const OWN_REACTION: &str = "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me";
@@ -1044,6 +1069,133 @@ mod tests {
         assert_eq!(
             (m.invalid_count(A, now), m.counts(now).invalid_total),
             (1, 1)
+        );
+    }
+}
+
+/// A 429's body read (or dropped) late, and sibling guesses that prove
+/// wrong with several requests in flight.
+#[cfg(test)]
+mod late_tests {
+    use http::Method;
+
+    use super::*;
+    use crate::headers::{Scope, TooManyRequests};
+    use crate::route::DiscordResolver;
+
+    const A: AuthHash = AuthHash(1);
+
+    fn config() -> Config {
+        Config {
+            max_rate_limit: Duration::from_secs(300),
+            global_per_second: None,
+            expire_after: Duration::from_secs(10),
+            invalid_ceiling: None,
+            invalid_ceiling_total: None,
+            resolver: Arc::new(DiscordResolver),
+        }
+    }
+
+    fn messages() -> CompiledRoute {
+        CompiledRoute::new(Route::new(Method::POST, "/channels/{channel_id}/messages"))
+            .with_major("channel_id", "1")
+    }
+
+    fn ok(limit: u32, remaining: u32, reset_after: f64, hash: &str) -> RateLimitInfo {
+        RateLimitInfo {
+            bucket: Some(hash.into()),
+            limit: Some(limit),
+            remaining: Some(remaining),
+            reset_after: Some(Duration::from_secs_f64(reset_after)),
+            any_header: true,
+            ..RateLimitInfo::default()
+        }
+    }
+
+    fn user_429(reset_after: f64, retry_after: Option<f64>) -> RateLimitInfo {
+        RateLimitInfo {
+            too_many_requests: Some(TooManyRequests {
+                scope: Some(Scope::User),
+                retry_after: retry_after.map(Duration::from_secs_f64),
+                ..TooManyRequests::default()
+            }),
+            ..ok(2, 0, reset_after, "h")
+        }
+    }
+
+    fn ask(m: &mut Manager, route: &CompiledRoute, c: &Config, now: Instant) -> Option<Grant> {
+        match m.acquire(route, A, None, false, c, now).unwrap() {
+            Acquire::Granted(g) => Some(g),
+            Acquire::Wait { .. } => None,
+        }
+    }
+
+    /// A bucket of 2 per window: a 429 recorded from its headers at t0
+    /// (held 0.5 s), then the next window, filled by two answered requests
+    /// at 0.5 s (until 2.5 s). Returns the 429's key and generation.
+    fn a_429_then_a_full_window(m: &mut Manager, c: &Config, t0: Instant) -> (BucketKey, u32) {
+        let route = messages();
+        let g = ask(m, &route, c, t0).unwrap();
+        m.record(g, StatusCode::OK, &ok(2, 1, 0.5, "h"), c, t0);
+        let g = ask(m, &route, c, t0).unwrap();
+        let key = g.key.clone();
+        let at_429 = user_429(0.5, None);
+        m.record(g, StatusCode::TOO_MANY_REQUESTS, &at_429, c, t0);
+        let generation = m.generation_429(&key, &at_429).unwrap();
+        let half = t0 + Duration::from_millis(500);
+        let g1 = ask(m, &route, c, half).unwrap();
+        let g2 = ask(m, &route, c, half).unwrap();
+        m.record(g1, StatusCode::OK, &ok(2, 1, 2.0, "h"), c, half);
+        m.record(g2, StatusCode::OK, &ok(2, 0, 2.0, "h"), c, half);
+        (key, generation)
+    }
+
+    /// ARCHITECTURE.md §4.7: a 429 whose body is read (or dropped) after its
+    /// hold is over does not refill the window that started since.
+    #[test]
+    fn a_late_429_body_does_not_refill_a_later_full_window() {
+        let (c, t0, mut m) = (config(), Instant::now(), Manager::default());
+        let (key, generation) = a_429_then_a_full_window(&mut m, &c, t0);
+        let second = t0 + Duration::from_secs(1);
+        assert!(ask(&mut m, &messages(), &c, second).is_none());
+        m.extend_429(
+            Some(&key),
+            A,
+            true,
+            &user_429(0.5, None),
+            &c,
+            Some(generation),
+            t0,
+            second,
+        );
+        assert!(
+            ask(&mut m, &messages(), &c, second).is_none(),
+            "refilled by an old hold"
+        );
+    }
+
+    /// ARCHITECTURE.md §4.7: a body's `retry_after` longer than the
+    /// headers' hold, read once the next window started, extends the hold
+    /// but does not pull that window's reset back to its end.
+    #[test]
+    fn a_longer_retry_after_read_late_only_extends_the_hold() {
+        let (c, t0, mut m) = (config(), Instant::now(), Manager::default());
+        let (key, generation) = a_429_then_a_full_window(&mut m, &c, t0);
+        let read = t0 + Duration::from_millis(550);
+        m.extend_429(
+            Some(&key),
+            A,
+            true,
+            &user_429(0.5, Some(0.6)),
+            &c,
+            Some(generation),
+            t0,
+            read,
+        );
+        let later = t0 + Duration::from_millis(700);
+        assert!(
+            ask(&mut m, &messages(), &c, later).is_none(),
+            "the window until 2.5 s is full"
         );
     }
 }

@@ -114,12 +114,16 @@ impl Ticket {
         let auth = self.auth;
         let at = Instant::now();
         let held = self.record(StatusCode::TOO_MANY_REQUESTS, &now_info);
+        let generation = key
+            .as_ref()
+            .and_then(|key| shared.lock().generation_429(key, &said));
         Pending429 {
             shared,
             key,
             auth,
             throttled_by_global,
             held,
+            generation,
             at,
             headers: Some(said),
         }
@@ -138,6 +142,9 @@ pub(crate) struct Pending429 {
     throttled_by_global: bool,
     /// Held by what the headers said.
     held: bool,
+    /// The answering bucket's window generation when the headers came: a
+    /// window that moved on since is not undone (§4.7).
+    generation: Option<u32>,
     /// When the headers came: the waits count from then.
     at: Instant,
     /// What the headers alone say, until the body is read.
@@ -179,6 +186,7 @@ impl Pending429 {
             self.throttled_by_global,
             info,
             &shared.config,
+            self.generation,
             self.at,
             Instant::now(),
         )
