@@ -80,6 +80,10 @@ pub(crate) struct Grant {
     global: bool,
     /// Whether the global throttle holds this route.
     pub(crate) throttled_by_global: bool,
+    /// Granted under a sibling's bucket while the route's own hash is
+    /// unknown (§4.6): it also holds the route's own probe, so that one
+    /// guessed request flies at a time until an answer names the hash.
+    guessed: bool,
 }
 
 /// The store's answer to a request for a slot.
@@ -245,6 +249,14 @@ impl Manager {
             holds_global = true;
         }
         let generation = entry.bucket.take(now);
+        let guessed = matches!(key.id, BucketId::Hash(_)) && !routes.contains_key(route.route());
+        if guessed {
+            buckets
+                .entry(probe_key(route.route(), &key))
+                .or_insert_with(|| Entry::new(now))
+                .bucket
+                .take(now);
+        }
         state.invalid.start();
         invalid_total.start();
         Ok(Acquire::Granted(Grant {
@@ -254,6 +266,7 @@ impl Manager {
             epoch: *epoch,
             global: holds_global,
             throttled_by_global: global,
+            guessed,
         }))
     }
 
@@ -415,7 +428,25 @@ impl Manager {
             entry.bucket.release(grant.generation, sent);
             entry.wake();
         }
+        if grant.guessed {
+            self.end_probe(&probe_key(&grant.route, &grant.key), now);
+        }
         self.end_carried(&grant.key, grant.epoch);
+    }
+
+    /// A guessed request (§4.6) ended: the route's own probe is free, and
+    /// its entry goes once nothing flies, waits or is held there.
+    fn end_probe(&mut self, probe: &BucketKey, now: Instant) {
+        if let Some(entry) = self.buckets.get_mut(probe) {
+            entry.bucket.release(0, true);
+            entry.wake();
+            if entry.bucket.in_flight() == 0
+                && !entry.in_use()
+                && entry.bucket.known_wait(now).is_none()
+            {
+                self.buckets.remove(probe);
+            }
+        }
     }
 
     /// A request granted under `key` at `epoch` ended: it ends too in every
@@ -487,7 +518,9 @@ impl Manager {
             epoch,
             global,
             throttled_by_global,
+            guessed,
         } = grant;
+        let probe = guessed.then(|| probe_key(&route, &key));
         if global {
             self.free_global(key.auth, true, now);
         }
@@ -508,9 +541,6 @@ impl Manager {
         // to its new bucket: they are the route's own.
         let mut carry = false;
         let mut stale = false;
-        // The route had no hash of its own but was granted under a hash:
-        // it waited on a sibling's bucket (§4.6).
-        let guessed = matches!(key.id, BucketId::Hash(_)) && !self.routes.contains_key(&route);
         if let Some(hash) = &info.bucket {
             let hash = hash.as_str();
             let current = self.routes.get(&route);
@@ -565,6 +595,9 @@ impl Manager {
             }
         }
         self.end_carried(&key, epoch);
+        if let Some(probe) = &probe {
+            self.end_probe(probe, now);
+        }
         let entry = match target {
             None => match self.buckets.get_mut(&key) {
                 Some(entry) => entry,
@@ -738,6 +771,15 @@ fn check_ceiling(
         }
         (Ceiling::Held, _) | (_, Ceiling::Held) => Ok(true),
         (Ceiling::Open, Ceiling::Open) => Ok(false),
+    }
+}
+
+/// The key of `route`'s own probe while its hash is unknown.
+fn probe_key(route: &Route, key: &BucketKey) -> BucketKey {
+    BucketKey {
+        id: BucketId::Route(route.clone()),
+        major: key.major.clone(),
+        auth: key.auth,
     }
 }
 
@@ -1196,6 +1238,36 @@ mod late_tests {
         assert!(
             ask(&mut m, &messages(), &c, later).is_none(),
             "the window until 2.5 s is full"
+        );
+    }
+
+    fn reaction(method: Method) -> CompiledRoute {
+        CompiledRoute::new(Route::new(method, OWN_REACTION)).with_major("channel_id", "1")
+    }
+
+    /// ARCHITECTURE.md §4.6: while a route's own hash is unknown, one of its
+    /// requests at a time waits on the sibling's bucket, so a guess that
+    /// proves wrong leaves no other request of the route in flight that the
+    /// bucket its answer names would not count.
+    #[test]
+    fn a_wrong_guess_leaves_no_other_guessed_request_in_flight() {
+        let (c, t0, mut m) = (config(), Instant::now(), Manager::default());
+        let (delete, put) = (reaction(Method::DELETE), reaction(Method::PUT));
+        let g = ask(&mut m, &delete, &c, t0).unwrap();
+        m.record(g, StatusCode::OK, &ok(10, 9, 1.0, "H"), &c, t0);
+        let first = ask(&mut m, &put, &c, t0).expect("the guess goes");
+        assert!(ask(&mut m, &put, &c, t0).is_none(), "one guess at a time");
+        m.record(first, StatusCode::OK, &ok(3, 2, 1.0, "P"), &c, t0);
+        let mut sent = Vec::new();
+        while let Some(g) = ask(&mut m, &put, &c, t0) {
+            sent.push(g);
+            assert!(sent.len() <= 3, "over the bucket of 3");
+        }
+        assert_eq!(sent.len(), 2, "P's two left");
+        assert_eq!(
+            ask(&mut m, &delete, &c, t0).map(|_| ()),
+            Some(()),
+            "H keeps its 9"
         );
     }
 }
