@@ -15,7 +15,7 @@ const WINDOW_TOLERANCE: Duration = Duration::from_millis(100);
 /// (ARCHITECTURE.md §4.4). Latency and `Date`'s whole seconds (a reset from
 /// `X-RateLimit-Reset` against `Date` errs late by up to one) stay well
 /// within it; a wrong id rarely does, and then costs at most this long.
-const ID_SKEW: Duration = Duration::from_secs(2);
+pub(super) const ID_SKEW: Duration = Duration::from_secs(2);
 
 /// How long an empty window whose server gave no reset waits before it is
 /// refilled anyway.
