@@ -538,7 +538,8 @@ impl Manager {
         // The route's bucket hash, learned or changed.
         let mut target = None;
         // Whether the requests in flight under this key go with the route
-        // to its new bucket: they are the route's own.
+        // to its new bucket: the route's own, and, when other routes share
+        // the old hash, theirs too (counted in both, which is safe).
         let mut carry = false;
         let mut stale = false;
         if let Some(hash) = &info.bucket {
@@ -691,6 +692,7 @@ impl Manager {
         shrink_if_sparse(&mut self.routes);
         shrink_if_sparse(&mut self.auths);
         shrink_if_sparse(&mut self.remaps);
+        shrink_if_sparse(&mut self.carries);
         self.invalid_total.shrink(now);
         before - self.buckets.len()
     }
@@ -1269,5 +1271,30 @@ mod late_tests {
             Some(()),
             "H keeps its 9"
         );
+    }
+
+    /// ARCHITECTURE.md §4.5: requests in flight carried to the bucket a
+    /// remap names are counted there too, but `stats()` counts each once.
+    #[test]
+    fn carried_requests_count_once_in_flight() {
+        let (c, t0, mut m) = (config(), Instant::now(), Manager::default());
+        let route = messages();
+        let g = ask(&mut m, &route, &c, t0).unwrap();
+        m.record(g, StatusCode::OK, &ok(10, 9, 1.0, "h"), &c, t0);
+        let mut grants: Vec<Grant> = (0..3)
+            .map(|_| ask(&mut m, &route, &c, t0).unwrap())
+            .collect();
+        m.record(
+            grants.remove(0),
+            StatusCode::OK,
+            &ok(10, 8, 1.0, "moved"),
+            &c,
+            t0,
+        );
+        assert_eq!(m.counts(t0).in_flight, 2);
+        for g in grants {
+            m.record(g, StatusCode::OK, &ok(10, 7, 1.0, "moved"), &c, t0);
+        }
+        assert_eq!(m.counts(t0).in_flight, 0);
     }
 }
