@@ -15,7 +15,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use http::Request;
 use http_body_util::Full;
-use support::{request, Discord, ROOM};
+use support::{request, Discord, ENDLESS};
 use tower::{Service, ServiceExt};
 use tower_rest_ratelimit::{Limiter, RateLimit, RateLimitLayer};
 
@@ -27,7 +27,7 @@ fn layered() -> (Limiter, RateLimit<Discord>) {
         .expire_after(Duration::from_secs(3600))
         .build();
     let limiter = layer.limiter().clone();
-    (limiter, tower::Layer::layer(&layer, Discord(ROOM)))
+    (limiter, tower::Layer::layer(&layer, Discord(ENDLESS)))
 }
 
 async fn send<S>(svc: &mut S, channel: u64)
@@ -53,7 +53,7 @@ fn per_request(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("bare", |b| {
         b.to_async(&rt)
-            .iter(|| async { send(&mut Discord(ROOM), 1).await })
+            .iter(|| async { send(&mut Discord(ENDLESS), 1).await })
     });
     let (_limiter, layered) = rt.block_on(async { layered() });
     group.bench_function("layered", |b| {
@@ -106,7 +106,7 @@ fn global_contention(c: &mut Criterion) {
                     .build()
                     .expect("runtime");
                 rt.block_on(async {
-                    let svc = tower::Layer::layer(&RateLimitLayer::new(), Discord(ROOM));
+                    let svc = tower::Layer::layer(&RateLimitLayer::new(), Discord(ENDLESS));
                     let tasks: Vec<_> = (0..n)
                         .map(|channel| {
                             let mut svc = svc.clone();

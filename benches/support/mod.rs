@@ -20,6 +20,16 @@ pub const ROOM: &[(&str, &str)] = &[
     ("x-ratelimit-bucket", "80c17d2f203122d936070c88c8d10f33"),
 ];
 
+/// The headers of a bucket that never runs dry within a bench.
+pub const ENDLESS: &[(&str, &str)] = &[
+    ("x-ratelimit-limit", "1000000000"),
+    ("x-ratelimit-remaining", "999999999"),
+    ("x-ratelimit-reset", "1900000000.000"),
+    ("x-ratelimit-reset-after", "3600.000"),
+    ("x-ratelimit-bucket", "80c17d2f203122d936070c88c8d10f33"),
+    ("content-type", "application/json"),
+];
+
 /// The headers of a bucket spent for the next hour.
 pub const SPENT: &[(&str, &str)] = &[
     ("x-ratelimit-limit", "1"),
