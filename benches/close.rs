@@ -11,60 +11,19 @@
 //! cargo bench --bench close
 //! ```
 
-use std::convert::Infallible;
-use std::future::{ready, Ready};
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response};
-use http_body_util::Full;
+use support::{request, Discord, SPENT};
 use tokio::sync::Notify;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, ServiceExt};
 use tower_rest_ratelimit::{BoxError, Error, RateLimitLayer};
 
 const WAITERS: u64 = 10_000;
 const RUNS: usize = 7;
-
-/// A server whose every bucket is spent for the next hour.
-#[derive(Clone)]
-struct Spent;
-
-impl Service<Request<Full<Bytes>>> for Spent {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
-        let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
-        let headers = response.headers_mut();
-        for (name, value) in [
-            ("x-ratelimit-limit", "1"),
-            ("x-ratelimit-remaining", "0"),
-            ("x-ratelimit-reset-after", "3600.000"),
-            ("x-ratelimit-bucket", "80c17d2f203122d936070c88c8d10f33"),
-        ] {
-            headers.insert(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
-        ready(Ok(response))
-    }
-}
-
-fn request(channel: u64) -> Request<Full<Bytes>> {
-    Request::post(format!("/api/v10/channels/{channel}/messages"))
-        .header("authorization", "Bot bench-token")
-        .body(Full::default())
-        .expect("valid request")
-}
 
 /// Wall and CPU time from `close()` (or the floor's notify) until every
 /// waiter had failed, and how long `close()` itself took.
@@ -84,7 +43,7 @@ fn run(waiters: u64, buckets: u64, idle: u64) -> Sample {
             .expire_after(Duration::from_secs(3600))
             .build();
         let limiter = layer.limiter().clone();
-        let svc = layer.layer(Spent);
+        let svc = layer.layer(Discord(SPENT));
         // Learn every bucket, spent.
         for channel in 0..buckets + idle {
             svc.clone()

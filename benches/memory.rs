@@ -14,16 +14,13 @@
 //! cargo bench --bench memory
 //! ```
 
+mod support;
+
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::convert::Infallible;
-use std::future::{ready, Ready};
 use std::sync::atomic::{AtomicIsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response};
-use http_body_util::Full;
+use support::{request_as, Discord, ROOM};
 use tower::{Layer, Service, ServiceExt};
 use tower_rest_ratelimit::{RateLimit, RateLimitLayer};
 
@@ -84,50 +81,12 @@ fn live() -> Live {
     }
 }
 
-/// A server answering at once with Discord's headers for a bucket with
-/// room to spare, reset a second later.
-#[derive(Clone)]
-struct Discord;
-
-impl Service<Request<Full<Bytes>>> for Discord {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
-        // Static values clone without allocating, as the values of a
-        // response parsed by hyper do (slices of its read buffer).
-        let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
-        let headers = response.headers_mut();
-        for (name, value) in [
-            ("x-ratelimit-limit", "5"),
-            ("x-ratelimit-remaining", "4"),
-            ("x-ratelimit-reset-after", "1.000"),
-            ("x-ratelimit-bucket", "80c17d2f203122d936070c88c8d10f33"),
-        ] {
-            headers.insert(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
-        ready(Ok(response))
-    }
-}
-
-fn request(channel: u64, token: u64) -> Request<Full<Bytes>> {
-    Request::post(format!("/api/v10/channels/{channel}/messages"))
-        .header("authorization", format!("Bot token-{token}"))
-        .body(Full::default())
-        .expect("valid request")
-}
-
 async fn send(svc: &mut RateLimit<Discord>, channel: u64, token: u64) {
     let svc = svc.ready().await.expect("ready");
-    let response = svc.call(request(channel, token)).await.expect("response");
+    let response = svc
+        .call(request_as(channel, token))
+        .await
+        .expect("response");
     std::hint::black_box(response);
 }
 
@@ -150,7 +109,7 @@ fn measure(what: &str, n: u64, global: Option<u32>, pair: impl Fn(u64) -> (u64, 
             .expire_after(expire_after)
             .build();
         let limiter = layer.limiter().clone();
-        let mut svc = layer.layer(Discord);
+        let mut svc = layer.layer(Discord(ROOM));
         // Warm up what every request shares (the sweeper task, the route).
         send(&mut svc, u64::MAX, u64::MAX).await;
         tokio::time::advance(Duration::from_secs(60)).await;

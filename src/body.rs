@@ -215,7 +215,9 @@ impl<B: Body> Read429<B> {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(mut data) => {
                         let n = data.remaining();
-                        self.read = self.read.saturating_add(n);
+                        // An empty frame counts as one byte, so that a body
+                        // of endless empty frames ends the read too.
+                        self.read = self.read.saturating_add(n.max(1));
                         if n <= SMALL_FRAME {
                             self.small.put(data);
                         } else {

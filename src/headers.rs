@@ -119,7 +119,8 @@ pub struct TooManyRequests {
     /// IP is being limited or banned. Never retry such a response in a loop.
     pub cloudflare: bool,
     /// The limiter holds this request's bucket (or, for a global 429, every
-    /// bucket of the token, this route's included) for `retry_after`: an
+    /// bucket of the token, this route's included) for the 429's wait (the
+    /// precise `retry_after` or `Reset-After`, else `Retry-After`): an
     /// attempt through it waits by itself. `false` for routes no limit
     /// applies to, and for a global 429 on a route exempt from the global
     /// limit.

@@ -158,6 +158,7 @@ pub struct Lease {
     window: u64,
     epoch: u64,
     global_slot: bool,
+    probe: bool,
 }
 
 impl Lease {
@@ -170,6 +171,7 @@ impl Lease {
             window: 0,
             epoch: 0,
             global_slot: false,
+            probe: false,
         }
     }
 
@@ -195,6 +197,19 @@ impl Lease {
     pub fn with_global_slot(mut self, global_slot: bool) -> Self {
         self.global_slot = global_slot;
         self
+    }
+
+    /// Sets whether the lease also holds its route's own probe: it was
+    /// granted under a sibling's bucket while the route's hash is unknown
+    /// (ARCHITECTURE.md §4.6).
+    pub fn with_probe(mut self, probe: bool) -> Self {
+        self.probe = probe;
+        self
+    }
+
+    /// Whether the lease also holds its route's own probe.
+    pub fn probe(&self) -> bool {
+        self.probe
     }
 
     /// The key the slot was granted under.

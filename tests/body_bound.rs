@@ -205,3 +205,56 @@ async fn a_big_frame_is_handed_back_without_a_copy() {
     assert_eq!(at, data.len());
     assert!(info.too_many_requests.unwrap().cloudflare);
 }
+
+/// A 429 body of endless empty frames, always ready.
+struct EmptyFrames;
+
+impl http_body::Body for EmptyFrames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::new()))))
+    }
+}
+
+/// ARCHITECTURE.md §2.4: the read of a 429 body ends within its bound
+/// however it is framed, even as endless empty frames: the layer answers
+/// (judging the body unparseable) instead of spinning. (The request runs on
+/// a thread of its own, so that a spinning read fails the test instead of
+/// hanging it.)
+#[test]
+fn endless_empty_frames_end_the_read() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let server = tower::service_fn(|_req: Request<()>| async {
+            let response = Response::builder()
+                .status(StatusCode::TOO_MANY_REQUESTS)
+                .header("x-ratelimit-scope", "user")
+                .header("retry-after", "1")
+                .body(EmptyFrames)
+                .unwrap();
+            Ok::<_, Infallible>(response)
+        });
+        let svc = RateLimitLayer::new().layer(server);
+        let req = Request::post("https://discord.test/api/v10/channels/1/messages")
+            .header("authorization", "Bot a")
+            .body(())
+            .unwrap();
+        let response = rt.block_on(svc.oneshot(req)).expect("a response");
+        let info = response.extensions().get::<RateLimitInfo>().cloned();
+        let _ = tx.send(info);
+    });
+    let info = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the read ends")
+        .expect("RateLimitInfo");
+    assert!(info.too_many_requests.unwrap().cloudflare);
+}

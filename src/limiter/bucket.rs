@@ -16,7 +16,7 @@ const WINDOW_TOLERANCE: Duration = Duration::from_millis(100);
 /// (ARCHITECTURE.md §4.4). Latency and `Date`'s whole seconds (a reset from
 /// `X-RateLimit-Reset` against `Date` errs late by up to one) stay well
 /// within it; a wrong id rarely does, and then costs at most this long.
-const ID_SKEW: Duration = Duration::from_secs(2);
+pub(super) const ID_SKEW: Duration = Duration::from_secs(2);
 
 /// How long an empty window whose server gave no reset waits before it is
 /// refilled anyway.
@@ -58,6 +58,9 @@ pub(crate) struct Bucket {
     /// Bumped by every refill and every new window, so that a slot given
     /// back goes only to the window it was taken from.
     generation: u32,
+    /// When `generation` last changed: a 429 recorded before it speaks of
+    /// a window that is over (§4.7).
+    moved_at: Instant,
     last_used: Instant,
 }
 
@@ -73,6 +76,7 @@ impl Bucket {
             blocked_until: None,
             unlimited: false,
             generation: 0,
+            moved_at: now,
             last_used: now,
         }
     }
@@ -101,6 +105,7 @@ impl Bucket {
             self.remaining = limit.saturating_sub(self.in_flight);
             self.reset = None;
             self.generation = self.generation.wrapping_add(1);
+            self.moved_at = now;
         } else if self.reset.is_none() && self.in_flight == 0 && self.remaining == 0 {
             // Empty, with no reset known and nothing in flight: no answer
             // will tell one. Wait the fallback rather than stick, but never
@@ -183,6 +188,20 @@ impl Bucket {
         }
     }
 
+    /// Whether the window moved on (a refill, or a later window) after
+    /// `instant`.
+    pub(crate) fn moved_since(&self, instant: Instant) -> bool {
+        self.moved_at > instant
+    }
+
+    /// A 429 recorded earlier says more (its body was read, or dropped
+    /// unread): the bucket is held until `until` too. Only the hold
+    /// extends: the window (`reset`, `remaining`) may have moved on since
+    /// the 429 came, and answers since then know it better (§4.7).
+    pub(crate) fn extend_hold(&mut self, until: Instant) {
+        self.blocked_until = Some(self.blocked_until.map_or(until, |b| b.max(until)));
+    }
+
     /// A successful response without rate-limit headers.
     pub(crate) fn no_headers(&mut self) {
         if self.limit.is_none() {
@@ -259,6 +278,7 @@ impl Bucket {
                 self.window = id;
                 self.window_end = reset;
                 self.generation = self.generation.wrapping_add(1);
+                self.moved_at = now;
             }
             Order::Same => {
                 self.remaining = self.remaining.min(header_remaining);

@@ -281,13 +281,24 @@ impl Manager {
             holds_global = true;
         }
         let generation = bucket.take(now);
+        // Granted under a sibling's bucket while the route's own hash is
+        // unknown (§4.6): it also holds the route's own probe, so that one
+        // guessed request flies at a time until an answer names the hash.
+        let probe = matches!(key.id, BucketId::Hash(_)) && !routes.contains_key(route.route());
+        if probe {
+            buckets
+                .entry(probe_key(route.route(), &key))
+                .or_insert_with(|| Bucket::new(now))
+                .take(now);
+        }
         state.invalid.start();
         invalid_total.start();
         Ok(Acquired::Granted(
             Lease::new(key, route.route().clone())
                 .with_window(u64::from(generation))
                 .with_epoch(*epoch)
-                .with_global_slot(holds_global),
+                .with_global_slot(holds_global)
+                .with_probe(probe),
         ))
     }
 
@@ -395,7 +406,13 @@ impl Manager {
             return;
         }
         let Some(key) = key else { return };
-        // Where `record` put the answer: the bucket its hash names.
+        let until = at + hold;
+        if until <= now {
+            // Over already: the window may have refilled and filled again
+            // since, which an old hold must not undo.
+            return;
+        }
+        // The bucket that answered: the one its hash names.
         let key = match facts.bucket {
             Some(hash) => BucketKey {
                 id: BucketId::Hash(Arc::from(hash)),
@@ -404,12 +421,15 @@ impl Manager {
             },
             None => key.clone(),
         };
-        let bucket = self
-            .buckets
-            .entry(key.clone())
-            .or_insert_with(|| Bucket::new(now));
-        bucket.block(at + hold, facts.scope != Some(Scope::Shared));
-        call.waiters.wake(&key);
+        if let Some(bucket) = self.buckets.get_mut(&key) {
+            if bucket.moved_since(at) {
+                // The window the 429 spoke of is over: only the hold extends.
+                bucket.extend_hold(until);
+            } else {
+                bucket.block(until, facts.scope != Some(Scope::Shared));
+            }
+            call.waiters.wake(&key);
+        }
     }
 
     /// A granted request ended without an answer; `sent` tells whether it
@@ -424,7 +444,23 @@ impl Manager {
             bucket.release(lease.window() as u32, sent);
             call.waiters.wake(lease.key());
         }
+        if lease.probe() {
+            self.end_probe(&probe_key(lease.route(), lease.key()), call.waiters, now);
+        }
         self.end_carried(lease.key(), lease.epoch(), call.waiters);
+    }
+
+    /// A guessed request (§4.6) ended: the route's own probe is free, and
+    /// its entry goes once nothing flies, waits or is held there.
+    fn end_probe(&mut self, probe: &BucketKey, waiters: &dyn Waiters, now: Instant) {
+        if let Some(bucket) = self.buckets.get_mut(probe) {
+            bucket.release(0, true);
+            waiters.wake(probe);
+            if bucket.in_flight() == 0 && !waiters.queued(probe) && bucket.known_wait(now).is_none()
+            {
+                self.buckets.remove(probe);
+            }
+        }
     }
 
     /// A request granted under `key` at `epoch` ended: it ends too in every
@@ -486,7 +522,9 @@ impl Manager {
         let generation = lease.window() as u32;
         let epoch = lease.epoch();
         let global = lease.global_slot();
+        let guessed = lease.probe();
         let (key, route) = lease.into_parts();
+        let probe = guessed.then(|| probe_key(&route, &key));
         if global {
             self.free_global(key.auth, true, waiters, now);
         }
@@ -499,12 +537,10 @@ impl Manager {
         // The route's bucket hash, learned or changed.
         let mut target = None;
         // Whether the requests in flight under this key go with the route
-        // to its new bucket: they are the route's own.
+        // to its new bucket: the route's own, and, when other routes share
+        // the old hash, theirs too (counted in both, which is safe).
         let mut carry = false;
         let mut stale = false;
-        // The route had no hash of its own but was granted under a hash:
-        // it waited on a sibling's bucket (§4.6).
-        let guessed = matches!(key.id, BucketId::Hash(_)) && !self.routes.contains_key(&route);
         if let Some(hash) = facts.bucket {
             let current = self.routes.get(&route);
             // An answer to a request granted before the route's last remap
@@ -561,6 +597,9 @@ impl Manager {
             }
         }
         self.end_carried(&key, epoch, waiters);
+        if let Some(probe) = &probe {
+            self.end_probe(probe, waiters, now);
+        }
         let (bucket, at) = match target {
             None => match self.buckets.get_mut(&key) {
                 Some(bucket) => (bucket, &key),
@@ -650,6 +689,7 @@ impl Manager {
         shrink_if_sparse(&mut self.routes);
         shrink_if_sparse(&mut self.auths);
         shrink_if_sparse(&mut self.remaps);
+        shrink_if_sparse(&mut self.carries);
         self.invalid_total.shrink(now);
         before - self.buckets.len()
     }
@@ -729,6 +769,15 @@ fn check_ceiling(
         }
         (Ceiling::Held, _) | (_, Ceiling::Held) => Ok(true),
         (Ceiling::Open, Ceiling::Open) => Ok(false),
+    }
+}
+
+/// The key of `route`'s own probe while its hash is unknown.
+fn probe_key(route: &Route, key: &BucketKey) -> BucketKey {
+    BucketKey {
+        id: BucketId::Route(route.clone()),
+        major: key.major.clone(),
+        auth: key.auth,
     }
 }
 
@@ -1083,5 +1132,169 @@ mod tests {
             ),
             (1, 1)
         );
+    }
+
+    fn ok(limit: u32, remaining: u32, reset_after: f64, hash: &str) -> RateLimitInfo {
+        RateLimitInfo {
+            bucket: Some(hash.into()),
+            limit: Some(limit),
+            remaining: Some(remaining),
+            reset_after: Some(Duration::from_secs_f64(reset_after)),
+            any_header: true,
+            ..RateLimitInfo::default()
+        }
+    }
+
+    fn user_429(reset_after: f64, retry_after: Option<f64>) -> RateLimitInfo {
+        RateLimitInfo {
+            too_many_requests: Some(TooManyRequests {
+                scope: Some(crate::headers::Scope::User),
+                retry_after: retry_after.map(Duration::from_secs_f64),
+                ..TooManyRequests::default()
+            }),
+            ..ok(2, 0, reset_after, "h")
+        }
+    }
+
+    fn try_route(
+        m: &mut Manager,
+        route: &CompiledRoute,
+        c: &Config,
+        now: Instant,
+    ) -> Option<Lease> {
+        let request = AcquireRequest::new(route, A, c.call());
+        match m.acquire(&request, now).unwrap() {
+            Acquired::Granted(g) => Some(g),
+            Acquired::Wait { .. } => None,
+        }
+    }
+
+    fn learn(
+        m: &mut Manager,
+        g: Lease,
+        status: StatusCode,
+        info: &RateLimitInfo,
+        c: &Config,
+        now: Instant,
+    ) {
+        m.record(g, &facts(status, info, now), c.call(), now);
+    }
+
+    /// A bucket of 2 per window: a 429 recorded from its headers at t0
+    /// (held 0.5 s), then the next window, filled by two answered requests
+    /// at 0.5 s (until 2.5 s). Returns the 429's key.
+    fn a_429_then_a_full_window(m: &mut Manager, c: &Config, t0: Instant) -> BucketKey {
+        let route = channel(1);
+        let g = try_route(m, &route, c, t0).unwrap();
+        learn(m, g, StatusCode::OK, &ok(2, 1, 0.5, "h"), c, t0);
+        let g = try_route(m, &route, c, t0).unwrap();
+        let key = g.key().clone();
+        learn(
+            m,
+            g,
+            StatusCode::TOO_MANY_REQUESTS,
+            &user_429(0.5, None),
+            c,
+            t0,
+        );
+        let half = t0 + Duration::from_millis(500);
+        let g1 = try_route(m, &route, c, half).unwrap();
+        let g2 = try_route(m, &route, c, half).unwrap();
+        learn(m, g1, StatusCode::OK, &ok(2, 1, 2.0, "h"), c, half);
+        learn(m, g2, StatusCode::OK, &ok(2, 0, 2.0, "h"), c, half);
+        key
+    }
+
+    /// ARCHITECTURE.md §4.7: a 429 whose body is read (or dropped) after its
+    /// hold is over does not refill the window that started since.
+    #[test]
+    fn a_late_429_body_does_not_refill_a_later_full_window() {
+        let (c, t0, mut m) = (config(None, None), Instant::now(), Manager::default());
+        let key = a_429_then_a_full_window(&mut m, &c, t0);
+        let second = t0 + Duration::from_secs(1);
+        assert!(try_route(&mut m, &channel(1), &c, second).is_none());
+        let late = user_429(0.5, None);
+        let f = facts(StatusCode::TOO_MANY_REQUESTS, &late, t0);
+        m.extend_429(Some(&key), A, &f, c.call(), second);
+        assert!(
+            try_route(&mut m, &channel(1), &c, second).is_none(),
+            "refilled by an old hold"
+        );
+    }
+
+    /// ARCHITECTURE.md §4.7: a body's `retry_after` longer than the
+    /// headers' hold, read once the next window started, extends the hold
+    /// but does not pull that window's reset back to its end.
+    #[test]
+    fn a_longer_retry_after_read_late_only_extends_the_hold() {
+        let (c, t0, mut m) = (config(None, None), Instant::now(), Manager::default());
+        let key = a_429_then_a_full_window(&mut m, &c, t0);
+        let read = t0 + Duration::from_millis(550);
+        let body = user_429(0.5, Some(0.6));
+        let f = facts(StatusCode::TOO_MANY_REQUESTS, &body, t0);
+        m.extend_429(Some(&key), A, &f, c.call(), read);
+        let later = t0 + Duration::from_millis(700);
+        assert!(
+            try_route(&mut m, &channel(1), &c, later).is_none(),
+            "the window until 2.5 s is full"
+        );
+    }
+
+    fn reaction(method: Method) -> CompiledRoute {
+        CompiledRoute::new(Route::new(method, OWN_REACTION)).with_major("channel_id", "1")
+    }
+
+    /// ARCHITECTURE.md §4.6: while a route's own hash is unknown, one of its
+    /// requests at a time waits on the sibling's bucket, so a guess that
+    /// proves wrong leaves no other request of the route in flight that the
+    /// bucket its answer names would not count.
+    #[test]
+    fn a_wrong_guess_leaves_no_other_guessed_request_in_flight() {
+        let (c, t0, mut m) = (config(None, None), Instant::now(), Manager::default());
+        let (delete, put) = (reaction(Method::DELETE), reaction(Method::PUT));
+        let g = try_route(&mut m, &delete, &c, t0).unwrap();
+        learn(&mut m, g, StatusCode::OK, &ok(10, 9, 1.0, "H"), &c, t0);
+        let first = try_route(&mut m, &put, &c, t0).expect("the guess goes");
+        assert!(
+            try_route(&mut m, &put, &c, t0).is_none(),
+            "one guess at a time"
+        );
+        learn(&mut m, first, StatusCode::OK, &ok(3, 2, 1.0, "P"), &c, t0);
+        let mut sent = Vec::new();
+        while let Some(g) = try_route(&mut m, &put, &c, t0) {
+            sent.push(g);
+            assert!(sent.len() <= 3, "over the bucket of 3");
+        }
+        assert_eq!(sent.len(), 2, "P's two left");
+        assert!(
+            try_route(&mut m, &delete, &c, t0).is_some(),
+            "H keeps its 9"
+        );
+    }
+
+    /// ARCHITECTURE.md §4.5: requests in flight carried to the bucket a
+    /// remap names are counted there too, but `stats()` counts each once.
+    #[test]
+    fn carried_requests_count_once_in_flight() {
+        let (c, t0, mut m) = (config(None, None), Instant::now(), Manager::default());
+        let route = channel(1);
+        let g = try_route(&mut m, &route, &c, t0).unwrap();
+        learn(&mut m, g, StatusCode::OK, &ok(10, 9, 1.0, "h"), &c, t0);
+        let mut grants: Vec<Lease> = (0..3)
+            .map(|_| try_route(&mut m, &route, &c, t0).unwrap())
+            .collect();
+        learn(
+            &mut m,
+            grants.remove(0),
+            StatusCode::OK,
+            &ok(10, 8, 1.0, "moved"),
+            &c,
+            t0,
+        );
+        assert_eq!(m.counts(t0).in_flight, 2);
+        for g in grants {
+            learn(&mut m, g, StatusCode::OK, &ok(10, 7, 1.0, "moved"), &c, t0);
+        }
+        assert_eq!(m.counts(t0).in_flight, 0);
     }
 }
