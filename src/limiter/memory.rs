@@ -238,7 +238,7 @@ impl Manager {
         let held_by_ceiling = check_ceiling(state, invalid_total, policy, now)?;
         let throttled = if global { state.throttled(now) } else { None };
 
-        let key = key_for(routes, buckets, route, auth, waiters, now);
+        let (key, probe) = key_for(routes, buckets, route, auth, waiters, now);
         let is_head = request.head() == Some(&key);
         let (bucket, fresh) = match buckets.entry(key.clone()) {
             std::collections::hash_map::Entry::Occupied(e) => (e.into_mut(), false),
@@ -284,7 +284,6 @@ impl Manager {
         // Granted under a sibling's bucket while the route's own hash is
         // unknown (§4.6): it also holds the route's own probe, so that one
         // guessed request flies at a time until an answer names the hash.
-        let probe = matches!(key.id, BucketId::Hash(_)) && !routes.contains_key(route.route());
         if probe {
             buckets
                 .entry(probe_key(route.route(), &key))
@@ -810,7 +809,8 @@ fn busy(
         .is_some_and(|b| b.in_flight() > 0 || b.known_wait(now).is_some() || waiters.queued(key))
 }
 
-/// The key a request of `route` waits and takes its slot under.
+/// The key a request of `route` waits and takes its slot under, and whether
+/// it is a guess: a sibling's bucket, while the route's hash is unknown.
 fn key_for(
     routes: &Map<Route, Arc<str>>,
     buckets: &Map<BucketKey, Bucket>,
@@ -818,7 +818,7 @@ fn key_for(
     auth: AuthHash,
     waiters: &dyn Waiters,
     now: Instant,
-) -> BucketKey {
+) -> (BucketKey, bool) {
     let key_of = |id: BucketId| BucketKey {
         id,
         major: route.major().clone(),
@@ -835,18 +835,18 @@ fn key_for(
             for r in std::iter::once(route.route().clone()).chain(sibling) {
                 let unknown = key_of(BucketId::Route(r));
                 if busy(buckets, &unknown, waiters, now) {
-                    return unknown;
+                    return (unknown, false);
                 }
             }
         }
-        return key;
+        return (key, false);
     }
     let own = key_of(BucketId::Route(route.route().clone()));
     let Some(sibling) = shared_sibling(route.route()) else {
-        return own;
+        return (own, false);
     };
     if busy(buckets, &own, waiters, now) {
-        return own;
+        return (own, false);
     }
     // An unknown route that Discord shares a bucket with a sibling: wait on
     // the sibling's bucket, or its probe, until its own answer names a hash.
@@ -855,13 +855,14 @@ fn key_for(
         Some(hash) => {
             let key = key_of(BucketId::Hash(Arc::clone(hash)));
             if !buckets.contains_key(&key) && busy(buckets, &probe, waiters, now) {
-                probe
+                (probe, false)
             } else {
-                key
+                // The guess: the sibling's bucket.
+                (key, true)
             }
         }
-        None if busy(buckets, &probe, waiters, now) => probe,
-        None => own,
+        None if busy(buckets, &probe, waiters, now) => (probe, false),
+        None => (own, false),
     }
 }
 
