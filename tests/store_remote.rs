@@ -1,0 +1,371 @@
+//! A store whose answers come later, as a remote one's would (ARCHITECTURE.md
+//! §9.4): every call reaches the state (a `MemoryStore`) only after a
+//! latency on tokio's paused clock, and an `acquire` answers only after a
+//! second latency, as a request to a store and its reply would. The store
+//! logs the order in which its state sees the calls.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::time::{sleep, timeout, Instant};
+use tower::{Layer, ServiceExt};
+use tower_rest_ratelimit::store::{
+    AcquireRequest, Acquired, BucketKey, Call, Lease, MemoryStore, Policy, ResponseFacts, Store,
+    StoreError, StoreFuture, StoreStats, Waiters,
+};
+use tower_rest_ratelimit::{AuthHash, RateLimitLayer};
+
+/// The state of a [`Remote`] store, and the calls it saw, in order.
+#[derive(Debug, Default)]
+struct State {
+    inner: MemoryStore,
+    log: Mutex<Vec<&'static str>>,
+}
+
+impl State {
+    fn log(&self, what: &'static str) {
+        self.log.lock().expect("log").push(what);
+    }
+}
+
+/// A store reached over a network: the call reaches the state after `up`,
+/// an answer comes back after `down`. What `record`, `release`, `end_pass`
+/// and `extend_429` do lands after `up` too; they cannot keep the
+/// middleware's queues (their futures are `'static`), so they wake no one.
+#[derive(Debug)]
+struct Remote {
+    state: Arc<State>,
+    up: Duration,
+    down: Duration,
+}
+
+impl Remote {
+    fn new(up: Duration, down: Duration) -> Self {
+        Self {
+            state: Arc::default(),
+            up,
+            down,
+        }
+    }
+
+    fn log(&self) -> Vec<&'static str> {
+        self.state.log.lock().expect("log").clone()
+    }
+
+    /// Requests in flight, as the state counts them.
+    fn in_flight(&self) -> usize {
+        self.state.inner.stats(no_queues()).in_flight
+    }
+}
+
+/// The queues of no process: what a call that lands later is given.
+struct NoQueues;
+
+impl Waiters for NoQueues {
+    fn queued(&self, _: &BucketKey) -> bool {
+        false
+    }
+    fn queued_global(&self, _: AuthHash) -> bool {
+        false
+    }
+    fn wake(&self, _: &BucketKey) {}
+    fn wake_global(&self, _: AuthHash) {}
+    fn held_by_ceiling(&self, _: Option<&BucketKey>) {}
+    fn wake_ceiling(&self) {}
+    fn join(&self, _: &BucketKey) {}
+}
+
+fn no_queues() -> Call<'static> {
+    static POLICY: std::sync::OnceLock<Policy> = std::sync::OnceLock::new();
+    Call::new(POLICY.get_or_init(Policy::default), &NoQueues)
+}
+
+/// The facts, owned: what a store sends over the network.
+fn owned(facts: &ResponseFacts<'_>) -> ResponseFacts<'static> {
+    let mut owned = ResponseFacts::new(facts.status);
+    owned.bucket = facts
+        .bucket
+        .map(|b| &*Box::leak(b.to_owned().into_boxed_str()));
+    owned.limit = facts.limit;
+    owned.remaining = facts.remaining;
+    owned.reset_after = facts.reset_after;
+    owned.window = facts.window;
+    owned.any_header = facts.any_header;
+    owned.rejected = facts.rejected;
+    owned.scope = facts.scope;
+    owned.global = facts.global;
+    owned.retry_after = facts.retry_after;
+    owned.hold = facts.hold;
+    owned.invalid = facts.invalid;
+    owned.received = facts.received;
+    owned
+}
+
+impl Store for Remote {
+    fn acquire<'a>(
+        &'a self,
+        request: &'a AcquireRequest<'a>,
+    ) -> StoreFuture<'a, Result<Acquired, StoreError>> {
+        StoreFuture::boxed(async move {
+            sleep(self.up).await;
+            let answer = self.state.inner.acquire(request).await;
+            self.state.log(match &answer {
+                Ok(Acquired::Granted(_)) => "granted",
+                Ok(Acquired::Wait { .. }) => "wait",
+                Err(_) => "refused",
+            });
+            sleep(self.down).await;
+            answer
+        })
+    }
+
+    fn pass<'a>(
+        &'a self,
+        auth: AuthHash,
+        call: Call<'a>,
+    ) -> StoreFuture<'a, Result<bool, StoreError>> {
+        StoreFuture::boxed(async move {
+            sleep(self.up).await;
+            let answer = self.state.inner.pass(auth, call).await;
+            self.state.log("passed");
+            sleep(self.down).await;
+            answer
+        })
+    }
+
+    fn record(
+        &self,
+        lease: Lease,
+        facts: &ResponseFacts<'_>,
+        call: Call<'_>,
+    ) -> StoreFuture<'static, ()> {
+        let (state, up, policy, facts) =
+            (Arc::clone(&self.state), self.up, *call.policy, owned(facts));
+        StoreFuture::boxed(async move {
+            sleep(up).await;
+            state.log("record");
+            let call = Call::new(&policy, &NoQueues);
+            state.inner.record(lease, &facts, call).await;
+        })
+    }
+
+    fn release(&self, lease: Lease, sent: bool, call: Call<'_>) -> StoreFuture<'static, ()> {
+        let (state, up, policy) = (Arc::clone(&self.state), self.up, *call.policy);
+        StoreFuture::boxed(async move {
+            sleep(up).await;
+            state.log("release");
+            state
+                .inner
+                .release(lease, sent, Call::new(&policy, &NoQueues))
+                .await;
+        })
+    }
+
+    fn end_pass(
+        &self,
+        auth: AuthHash,
+        answer: Option<&ResponseFacts<'_>>,
+        sent: bool,
+        call: Call<'_>,
+    ) -> StoreFuture<'static, ()> {
+        let (state, up, policy) = (Arc::clone(&self.state), self.up, *call.policy);
+        let answer = answer.map(owned);
+        StoreFuture::boxed(async move {
+            sleep(up).await;
+            state.log("end_pass");
+            let call = Call::new(&policy, &NoQueues);
+            state
+                .inner
+                .end_pass(auth, answer.as_ref(), sent, call)
+                .await;
+        })
+    }
+
+    fn extend_429(
+        &self,
+        key: Option<&BucketKey>,
+        auth: AuthHash,
+        facts: &ResponseFacts<'_>,
+        call: Call<'_>,
+    ) -> StoreFuture<'static, ()> {
+        let (state, up, policy, facts) =
+            (Arc::clone(&self.state), self.up, *call.policy, owned(facts));
+        let key = key.cloned();
+        StoreFuture::boxed(async move {
+            sleep(up).await;
+            state.log("extend_429");
+            let call = Call::new(&policy, &NoQueues);
+            state
+                .inner
+                .extend_429(key.as_ref(), auth, &facts, call)
+                .await;
+        })
+    }
+
+    fn stats(&self, call: Call<'_>) -> StoreStats {
+        self.state.inner.stats(call)
+    }
+
+    fn invalid_requests(&self, auth: AuthHash) -> u32 {
+        self.state.inner.invalid_requests(auth)
+    }
+
+    fn sweep(&self, call: Call<'_>) -> usize {
+        self.state.inner.sweep(call)
+    }
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+/// A server of bucket `b` (5 a second) that another process shares: the
+/// first answer leaves 4, every later one 0. It logs when each request came.
+fn shared_bucket(
+    seen: Arc<Mutex<Vec<Instant>>>,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(move |_req: Request<Full<Bytes>>| {
+        let remaining = {
+            let mut seen = seen.lock().expect("seen");
+            seen.push(Instant::now());
+            if seen.len() == 1 {
+                "4"
+            } else {
+                "0"
+            }
+        };
+        let response = Response::builder()
+            .header("x-ratelimit-bucket", "b")
+            .header("x-ratelimit-limit", "5")
+            .header("x-ratelimit-remaining", remaining)
+            .header("x-ratelimit-reset-after", "1.000")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("valid response");
+        std::future::ready(Ok::<_, Infallible>(response))
+    })
+}
+
+/// A server that answers every request with a user 429 (retry after 2 s).
+fn too_many() -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(|_req: Request<Full<Bytes>>| {
+        let response = Response::builder()
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .header("x-ratelimit-bucket", "b")
+            .header("x-ratelimit-limit", "5")
+            .header("x-ratelimit-remaining", "0")
+            .header("x-ratelimit-reset-after", "1.000")
+            .header("x-ratelimit-scope", "user")
+            .header("retry-after", "2")
+            .body(Full::new(Bytes::from_static(
+                br#"{"message":"You are being rate limited.","retry_after":2.5,"global":false}"#,
+            )))
+            .expect("valid response");
+        std::future::ready(Ok::<_, Infallible>(response))
+    })
+}
+
+fn message(channel: u64) -> Request<Full<Bytes>> {
+    Request::post(format!(
+        "https://discord.com/api/v10/channels/{channel}/messages"
+    ))
+    .header("authorization", "Bot token")
+    .body(Full::default())
+    .expect("valid request")
+}
+
+/// ARCHITECTURE.md §9.4: the response is handed on once the store recorded
+/// its answer, so the caller's next request asks the store after it. Here
+/// the second answer shows another process took the bucket's last slots:
+/// the third request waits for the reset instead of being sent at once.
+#[tokio::test(start_paused = true)]
+async fn the_next_request_asks_the_store_after_the_answer_is_recorded() {
+    let store = Arc::new(Remote::new(5 * MS, 5 * MS));
+    let layer = RateLimitLayer::builder()
+        .store(store.clone())
+        .global_limit(None)
+        .build();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let svc = layer.layer(shared_bucket(seen.clone()));
+
+    let first = svc.clone().oneshot(message(1)).await.expect("answered");
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(
+        store.log(),
+        ["granted", "record"],
+        "recorded before handed on"
+    );
+
+    let run = async {
+        for _ in 0..2 {
+            let answer = svc.clone().oneshot(message(1)).await.expect("answered");
+            assert_eq!(answer.status(), StatusCode::OK);
+        }
+    };
+    timeout(Duration::from_secs(10), run)
+        .await
+        .expect("no request waits forever");
+    let seen = seen.lock().expect("seen").clone();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen[2] - seen[1] >= Duration::from_secs(1),
+        "the third request waited for the reset the second answer showed: {:?}",
+        seen[2] - seen[1]
+    );
+    let log = store.log();
+    assert_eq!(&log[..4], ["granted", "record", "granted", "record"]);
+    assert_eq!(store.in_flight(), 0);
+}
+
+/// ARCHITECTURE.md §4.7, §9.4: a 429 is handed on once the store recorded
+/// its headers and then what its body adds, in that order.
+#[tokio::test(start_paused = true)]
+async fn a_429_is_handed_on_once_recorded_and_extended() {
+    let store = Arc::new(Remote::new(5 * MS, 5 * MS));
+    let layer = RateLimitLayer::builder()
+        .store(store.clone())
+        .global_limit(None)
+        .build();
+    let svc = layer.layer(too_many());
+    let answer = svc.oneshot(message(1)).await.expect("answered");
+    assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(store.log(), ["granted", "record", "extend_429"]);
+    let body = answer.into_body().collect().await.expect("body").to_bytes();
+    assert!(body.starts_with(br#"{"message""#));
+    assert_eq!(store.in_flight(), 0);
+}
+
+/// ARCHITECTURE.md §7.4, §9.4: a caller that drops the response future
+/// while the store records the answer loses none of it: the record runs on
+/// in the background.
+#[tokio::test(start_paused = true)]
+async fn a_response_dropped_while_its_answer_is_recorded_is_still_recorded() {
+    // The answer comes at 10 ms; its record lands at 15 ms.
+    let store = Arc::new(Remote::new(5 * MS, 5 * MS));
+    let layer = RateLimitLayer::builder()
+        .store(store.clone())
+        .global_limit(None)
+        .build();
+    let limiter = layer.limiter().clone();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let svc = layer.layer(shared_bucket(seen.clone()));
+    let dropped = timeout(12 * MS, svc.oneshot(message(1))).await;
+    assert!(dropped.is_err(), "dropped while its answer is recorded");
+    assert_eq!(seen.lock().expect("seen").len(), 1, "it was sent");
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.log(), ["granted", "record"]);
+    assert_eq!(store.in_flight(), 0);
+    // The route's bucket was learned from it.
+    assert_eq!(limiter.stats().routes, 1);
+}
