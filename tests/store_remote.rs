@@ -5,6 +5,7 @@
 //! logs the order in which its state sees the calls.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -368,4 +369,80 @@ async fn a_response_dropped_while_its_answer_is_recorded_is_still_recorded() {
     assert_eq!(store.in_flight(), 0);
     // The route's bucket was learned from it.
     assert_eq!(limiter.stats().routes, 1);
+}
+
+/// Counts what the server saw.
+fn counting(
+    seen: Arc<AtomicUsize>,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(move |_req: Request<Full<Bytes>>| {
+        seen.fetch_add(1, Ordering::Relaxed);
+        std::future::ready(Ok::<_, Infallible>(Response::new(Full::default())))
+    })
+}
+
+/// ARCHITECTURE.md §7.4, §9.4: a request dropped while the store grants it
+/// a slot (the grant reached the store's state; its answer had not come
+/// back yet) does not leak the slot: the grant, once it comes, is released
+/// unsent.
+#[tokio::test(start_paused = true)]
+async fn a_grant_that_comes_for_a_dropped_request_is_released() {
+    // The grant lands at 10 ms, its answer comes at 50 ms.
+    let store = Arc::new(Remote::new(10 * MS, 40 * MS));
+    let layer = RateLimitLayer::builder()
+        .store(store.clone())
+        .global_limit(None)
+        .build();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let svc = layer.layer(counting(seen.clone()));
+    let dropped = timeout(20 * MS, svc.clone().oneshot(message(1))).await;
+    assert!(dropped.is_err(), "dropped while the grant is on its way");
+    assert_eq!(store.log(), ["granted"]);
+    assert_eq!(store.in_flight(), 1, "the store granted it");
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(store.log(), ["granted", "release"]);
+    assert_eq!(store.in_flight(), 0, "released");
+    assert_eq!(seen.load(Ordering::Relaxed), 0, "never sent");
+    // The probe's slot came back unsent: the next request probes at once.
+    let t0 = Instant::now();
+    let answer = svc.oneshot(message(1)).await.expect("answered");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(Instant::now() - t0 < Duration::from_millis(200));
+}
+
+/// The same for a request no limit applies to: a pass that comes for a
+/// dropped request is ended unsent, so it does not hold an invalid-request
+/// ceiling's room (ARCHITECTURE.md §6.1).
+#[tokio::test(start_paused = true)]
+async fn a_pass_that_comes_for_a_dropped_request_is_ended() {
+    let store = Arc::new(Remote::new(10 * MS, 40 * MS));
+    let layer = RateLimitLayer::builder()
+        .store(store.clone())
+        .global_limit(None)
+        .invalid_request_ceiling(Some(1))
+        .build();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let svc = layer.layer(counting(seen.clone()));
+    let callback = || {
+        Request::post("https://discord.com/api/v10/interactions/1/tok/callback")
+            .body(Full::default())
+            .expect("valid request")
+    };
+    let dropped = timeout(20 * MS, svc.clone().oneshot(callback())).await;
+    assert!(dropped.is_err(), "dropped while the pass is on its way");
+    assert_eq!(store.log(), ["passed"]);
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(store.log(), ["passed", "end_pass"]);
+    assert_eq!(seen.load(Ordering::Relaxed), 0, "never sent");
+    // The ceiling's one room in flight came back: the next one passes.
+    let answer = timeout(Duration::from_secs(1), svc.oneshot(callback()))
+        .await
+        .expect("not held by the ceiling")
+        .expect("answered");
+    assert_eq!(answer.status(), StatusCode::OK);
 }

@@ -153,14 +153,6 @@ impl Shared {
         Call::new(&self.config.policy, &self.queues)
     }
 
-    /// Asks the store for a slot, and waits for its answer.
-    async fn acquire(&self, request: &AcquireRequest<'_>) -> Result<Acquired, Error> {
-        match &self.memory {
-            Some(memory) => memory.acquire_now(request),
-            None => Ok(self.store.acquire(request).await?),
-        }
-    }
-
     /// Records the answer to a granted request: done, or a store's call
     /// still under way, for the response future to drive (ARCHITECTURE.md
     /// §9.4).
