@@ -438,7 +438,11 @@ pub enum Acquired {
     /// Wait, then ask again.
     Wait {
         /// How long, if known; `None`: until something in this process
-        /// wakes the queue (see [`Waiters`]).
+        /// wakes the queue (see [`Waiters`]). A store whose state other
+        /// processes change answers a bounded wait (a poll interval)
+        /// instead, as their changes wake no queue of this one; the
+        /// middleware bounds `None` to 100 ms for any store but the
+        /// limiter's own memory store (ARCHITECTURE.md §9.4).
         wait: Option<Duration>,
         /// Why.
         reason: WaitReason,

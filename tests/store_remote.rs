@@ -5,7 +5,7 @@
 //! logs the order in which its state sees the calls.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use tokio::time::{sleep, timeout, Instant};
 use tower::{Layer, ServiceExt};
 use tower_rest_ratelimit::store::{
     AcquireRequest, Acquired, BucketKey, Call, Lease, MemoryStore, Policy, ResponseFacts, Store,
-    StoreError, StoreFuture, StoreStats, Waiters,
+    StoreError, StoreFuture, StoreStats, WaitReason, Waiters,
 };
 use tower_rest_ratelimit::{AuthHash, RateLimitLayer};
 
@@ -445,4 +445,119 @@ async fn a_pass_that_comes_for_a_dropped_request_is_ended() {
         .expect("not held by the ceiling")
         .expect("answered");
     assert_eq!(answer.status(), StatusCode::OK);
+}
+
+/// A store whose state others change: it holds every request (`wait:
+/// None`) until another process opens it, which wakes no queue of this one.
+#[derive(Debug, Default)]
+struct Gate {
+    open: AtomicBool,
+    inner: MemoryStore,
+}
+
+impl Store for Gate {
+    fn acquire<'a>(
+        &'a self,
+        request: &'a AcquireRequest<'a>,
+    ) -> StoreFuture<'a, Result<Acquired, StoreError>> {
+        let answer = self
+            .inner
+            .acquire(request)
+            .into_ready()
+            .expect("the memory store answers at once");
+        if let (false, Ok(Acquired::Granted(lease))) = (self.open.load(Ordering::Relaxed), &answer)
+        {
+            let key = lease.key().clone();
+            if let Ok(Acquired::Granted(lease)) = answer {
+                // Taken back quietly: nothing of this process is woken.
+                drop(self.inner.release(lease, false, no_queues()));
+            }
+            return StoreFuture::ready(Ok(Acquired::Wait {
+                wait: None,
+                reason: WaitReason::Bucket,
+                key,
+            }));
+        }
+        StoreFuture::ready(answer)
+    }
+
+    fn pass<'a>(
+        &'a self,
+        auth: AuthHash,
+        call: Call<'a>,
+    ) -> StoreFuture<'a, Result<bool, StoreError>> {
+        self.inner.pass(auth, call)
+    }
+
+    fn record(
+        &self,
+        lease: Lease,
+        facts: &ResponseFacts<'_>,
+        call: Call<'_>,
+    ) -> StoreFuture<'static, ()> {
+        self.inner.record(lease, facts, call)
+    }
+
+    fn release(&self, lease: Lease, sent: bool, call: Call<'_>) -> StoreFuture<'static, ()> {
+        self.inner.release(lease, sent, call)
+    }
+
+    fn end_pass(
+        &self,
+        auth: AuthHash,
+        answer: Option<&ResponseFacts<'_>>,
+        sent: bool,
+        call: Call<'_>,
+    ) -> StoreFuture<'static, ()> {
+        self.inner.end_pass(auth, answer, sent, call)
+    }
+
+    fn extend_429(
+        &self,
+        key: Option<&BucketKey>,
+        auth: AuthHash,
+        facts: &ResponseFacts<'_>,
+        call: Call<'_>,
+    ) -> StoreFuture<'static, ()> {
+        self.inner.extend_429(key, auth, facts, call)
+    }
+
+    fn stats(&self, call: Call<'_>) -> StoreStats {
+        self.inner.stats(call)
+    }
+
+    fn invalid_requests(&self, auth: AuthHash) -> u32 {
+        self.inner.invalid_requests(auth)
+    }
+
+    fn sweep(&self, call: Call<'_>) -> usize {
+        self.inner.sweep(call)
+    }
+}
+
+/// ARCHITECTURE.md §9.4: a store whose state other processes change cannot
+/// be woken by them. A wait it leaves open (`wait: None`) is bounded: the
+/// request asks again within 100 ms instead of waiting forever.
+#[tokio::test(start_paused = true)]
+async fn an_open_wait_of_a_store_others_change_is_bounded() {
+    let store = Arc::new(Gate::default());
+    let layer = RateLimitLayer::builder()
+        .store(store.clone())
+        .global_limit(None)
+        .build();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let svc = layer.layer(counting(seen.clone()));
+    let waiting = tokio::spawn(svc.oneshot(message(1)));
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(seen.load(Ordering::Relaxed), 0, "held by the store");
+    // Another process opens the store; nothing of this process is woken.
+    store.open.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    let answer = timeout(Duration::from_secs(1), waiting)
+        .await
+        .expect("asked again, though nothing woke it")
+        .expect("no panic")
+        .expect("answered");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(Instant::now() - t0 <= Duration::from_millis(100));
 }

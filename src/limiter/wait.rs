@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard};
 use tokio::time::Instant;
@@ -461,11 +462,33 @@ pub(super) async fn wait_pass(shared: Arc<Shared>, auth: AuthHash) -> Result<Tic
         if go {
             return Ok(Ticket::pass(&shared, auth));
         }
+        let sleep = async {
+            match bounded(&shared, None) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = &mut closed => return Err(Error::Closed),
             _ = notified => {}
+            _ = sleep => {}
         }
+    }
+}
+
+/// The longest a request waits on a store other than this limiter's own
+/// memory store before it asks again, when the store named no time (`wait:
+/// None`): that store's state may be changed by others (other processes),
+/// whose answers wake no queue of this process (ARCHITECTURE.md §9.4).
+pub(crate) const UNWOKEN_WAIT: Duration = Duration::from_millis(100);
+
+/// `wait`, bounded by [`UNWOKEN_WAIT`] when the store is not this limiter's
+/// own memory store and named no time.
+fn bounded(shared: &Shared, wait: Option<Duration>) -> Option<Duration> {
+    match wait {
+        None if shared.memory.is_none() => Some(UNWOKEN_WAIT),
+        wait => wait,
     }
 }
 
@@ -571,6 +594,7 @@ pub(super) async fn wait_turn(
                 if let Some(wait) = wait {
                     shared.too_long(&route, wait, reason.is_global())?;
                 }
+                let wait = bounded(&shared, wait);
                 let sleep = async {
                     match wait {
                         Some(wait) => tokio::time::sleep_until(now + wait).await,
