@@ -75,7 +75,6 @@ impl Ticket {
     /// its end before handing the response on (ARCHITECTURE.md §9.4).
     ///
     /// [`TooManyRequests::held`]: crate::TooManyRequests::held
-    #[inline(always)]
     pub(crate) fn record(mut self, status: StatusCode, info: &RateLimitInfo) -> (bool, Settling) {
         let shared = &self.shared;
         let facts = ResponseFacts::from_info(status, info, Instant::now());
