@@ -13,7 +13,7 @@ use tower_service::Service;
 use crate::body::Read429;
 use crate::error::Error;
 use crate::headers::RateLimitInfo;
-use crate::limiter::{AuthHash, Limiter, Pending429, Start, Ticket};
+use crate::limiter::{AuthHash, Limiter, Pending429, Settling, Start, Ticket};
 use crate::route::{CompiledRoute, Limits};
 use crate::{BoxError, ResponseBody};
 
@@ -74,6 +74,13 @@ pin_project! {
             read: Option<Read429<ResBody>>,
             pending: Option<Pending429>,
         },
+        // A store whose answers come later records the answer: the
+        // response is handed on once it is recorded (ARCHITECTURE.md §9.4).
+        // Dropped before, the record runs on in the background.
+        Recording {
+            settling: Settling,
+            response: Option<Response<ResponseBody<ResBody>>>,
+        },
         Done,
     }
 }
@@ -91,6 +98,7 @@ where
             State::Ready { .. } => "Ready",
             State::Sent { .. } => "Sent",
             State::Reading { .. } => "Reading",
+            State::Recording { .. } => "Recording",
             State::Done => "Done",
         };
         f.debug_struct("ResponseFuture")
@@ -228,11 +236,19 @@ where
                         });
                         continue;
                     }
-                    if let Some(t) = ticket.take() {
-                        t.record(status, &info);
-                    }
+                    let settling = match ticket.take() {
+                        Some(t) => t.record(status, &info).1,
+                        None => Settling::DONE,
+                    };
                     let mut response = response.map(ResponseBody::plain);
                     response.extensions_mut().insert(info);
+                    if !settling.is_done() {
+                        state.set(State::Recording {
+                            settling,
+                            response: Some(response),
+                        });
+                        continue;
+                    }
                     state.set(State::Done);
                     return Poll::Ready(Ok(response));
                 }
@@ -241,17 +257,38 @@ where
                         state.set(State::Failed { error: None });
                         continue;
                     };
+                    if let Some(p) = pending.as_mut() {
+                        p.poll_recording(cx);
+                    }
                     ready!(r.poll_read(cx));
                     let (mut response, mut info) = read.take().expect("checked above").finish();
+                    let mut settling = Settling::DONE;
                     if let Some(p) = pending.take() {
-                        let held = p.finish(&info);
+                        let held;
+                        (held, settling) = p.finish(&info);
                         if let Some(rejected) = info.too_many_requests.as_mut() {
                             rejected.held = held;
                         }
                     }
                     response.extensions_mut().insert(info);
+                    if !settling.is_done() {
+                        state.set(State::Recording {
+                            settling,
+                            response: Some(response),
+                        });
+                        continue;
+                    }
                     state.set(State::Done);
                     return Poll::Ready(Ok(response));
+                }
+                StateProj::Recording { settling, response } => {
+                    ready!(Pin::new(settling).poll(cx));
+                    let response = response.take();
+                    state.set(State::Done);
+                    return Poll::Ready(match response {
+                        Some(response) => Ok(response),
+                        None => Err("ResponseFuture polled after completion".into()),
+                    });
                 }
                 StateProj::Done => {
                     state.set(State::Failed { error: None });

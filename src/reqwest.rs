@@ -102,19 +102,32 @@ impl Middleware for RateLimitMiddleware {
         let info = RateLimitInfo::from_headers(response.headers());
         let status = response.status();
         if status != StatusCode::TOO_MANY_REQUESTS {
-            ticket.record(status, &info);
+            let (_, settling) = ticket.record(status, &info);
+            // A store whose answers come later: the response is handed on
+            // once its answer is recorded (ARCHITECTURE.md §9.4); dropped
+            // before, the record runs on in the background.
+            if !settling.is_done() {
+                settling.await;
+            }
             response.extensions_mut().insert(info);
             return Ok(response);
         }
 
         // Recorded now: a caller that drops the future while the body is
         // read loses none of it.
-        let pending = ticket.record_429(response.headers(), &info);
+        let mut pending = ticket.record_429(response.headers(), &info);
         let url = response.url().clone();
         let mut read = Read429::new(http::Response::<::reqwest::Body>::from(response), info);
-        std::future::poll_fn(|cx| read.poll_read(cx)).await;
+        std::future::poll_fn(|cx| {
+            pending.poll_recording(cx);
+            read.poll_read(cx)
+        })
+        .await;
         let (response, mut info) = read.finish();
-        let held = pending.finish(&info);
+        let (held, settling) = pending.finish(&info);
+        if !settling.is_done() {
+            settling.await;
+        }
         if let Some(rejected) = info.too_many_requests.as_mut() {
             rejected.held = held;
         }

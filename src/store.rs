@@ -438,7 +438,11 @@ pub enum Acquired {
     /// Wait, then ask again.
     Wait {
         /// How long, if known; `None`: until something in this process
-        /// wakes the queue (see [`Waiters`]).
+        /// wakes the queue (see [`Waiters`]). A store whose state other
+        /// processes change answers a bounded wait (a poll interval)
+        /// instead, as their changes wake no queue of this one; the
+        /// middleware bounds `None` to 100 ms for any store but the
+        /// limiter's own memory store (ARCHITECTURE.md §9.4).
         wait: Option<Duration>,
         /// Why.
         reason: WaitReason,
@@ -609,7 +613,11 @@ impl From<StoreError> for Error {
 /// A store's futures do nothing until polled: the middleware may drop one
 /// unpolled. Futures of [`Store::record`], [`release`](Store::release),
 /// [`end_pass`](Store::end_pass) and [`extend_429`](Store::extend_429) are
-/// `'static`: they may be run in the background, from a `Drop`.
+/// `'static`: they may be run in the background, from a `Drop`. The
+/// response is handed on once the future of its `record` (`end_pass`,
+/// `extend_429`) completed: what it records must be in the store's state
+/// when it completes, so that the caller's next request sees it
+/// (ARCHITECTURE.md §9.4).
 pub enum StoreFuture<'a, T> {
     /// The answer.
     Ready(Option<T>),

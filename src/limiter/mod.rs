@@ -153,20 +153,17 @@ impl Shared {
         Call::new(&self.config.policy, &self.queues)
     }
 
-    /// Asks the store for a slot, and waits for its answer.
-    async fn acquire(&self, request: &AcquireRequest<'_>) -> Result<Acquired, Error> {
-        match &self.memory {
-            Some(memory) => memory.acquire_now(request),
-            None => Ok(self.store.acquire(request).await?),
-        }
-    }
-
-    /// Records the answer to a granted request.
+    /// Records the answer to a granted request: done, or a store's call
+    /// still under way, for the response future to drive (ARCHITECTURE.md
+    /// §9.4).
     #[inline(always)]
-    fn record(&self, lease: Lease, facts: &ResponseFacts<'_>) {
+    fn record(&self, lease: Lease, facts: &ResponseFacts<'_>) -> Settling {
         match &self.memory {
-            Some(memory) => memory.record_now(lease, facts, self.call()),
-            None => settle(self.store.record(lease, facts, self.call())),
+            Some(memory) => {
+                memory.record_now(lease, facts, self.call());
+                Settling::DONE
+            }
+            None => Settling::of(self.store.record(lease, facts, self.call())),
         }
     }
 
@@ -178,19 +175,31 @@ impl Shared {
         }
     }
 
-    /// A passed request ended.
-    fn end_pass(&self, auth: AuthHash, answer: Option<&ResponseFacts<'_>>, sent: bool) {
+    /// A passed request ended: done, or a store's call still under way.
+    fn end_pass(&self, auth: AuthHash, answer: Option<&ResponseFacts<'_>>, sent: bool) -> Settling {
         match &self.memory {
-            Some(memory) => memory.end_pass_now(auth, answer, sent, self.call()),
-            None => settle(self.store.end_pass(auth, answer, sent, self.call())),
+            Some(memory) => {
+                memory.end_pass_now(auth, answer, sent, self.call());
+                Settling::DONE
+            }
+            None => Settling::of(self.store.end_pass(auth, answer, sent, self.call())),
         }
     }
 
-    /// What a 429's body (or its drop) adds.
-    fn extend_429(&self, key: Option<&BucketKey>, auth: AuthHash, facts: &ResponseFacts<'_>) {
+    /// What a 429's body (or its drop) adds: done, or a store's call still
+    /// under way.
+    fn extend_429(
+        &self,
+        key: Option<&BucketKey>,
+        auth: AuthHash,
+        facts: &ResponseFacts<'_>,
+    ) -> Settling {
         match &self.memory {
-            Some(memory) => memory.extend_429_now(key, auth, facts, self.call()),
-            None => settle(self.store.extend_429(key, auth, facts, self.call())),
+            Some(memory) => {
+                memory.extend_429_now(key, auth, facts, self.call());
+                Settling::DONE
+            }
+            None => Settling::of(self.store.extend_429(key, auth, facts, self.call())),
         }
     }
 
@@ -478,12 +487,90 @@ fn first_answer(
 /// done, else in the background on the current runtime.
 fn settle(future: StoreFuture<'static, ()>) {
     if let Err(later) = future.into_ready() {
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(later);
-            }
-            Err(_) => tracing::warn!("no runtime to finish a store call on: dropped"),
+        spawn(later);
+    }
+}
+
+/// Runs a store's call to its end on the current runtime.
+fn spawn(future: impl Future<Output = ()> + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(future);
         }
+        Err(_) => tracing::warn!("no runtime to finish a store call on: dropped"),
+    }
+}
+
+type Later = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A store's `record` (or `end_pass`, `extend_429`) once called: done (the
+/// memory store, or a store whose answer was ready: nothing allocated), or
+/// still under way (a remote store). The response future drives one under
+/// way to its end before it hands the response on, so that the caller's
+/// next request asks the store after the answer is recorded
+/// (ARCHITECTURE.md §9.4). Dropped before its end, it runs on to it in the
+/// background: an answer is never lost.
+#[must_use = "a store call under way is driven, or it runs in the background"]
+pub(crate) struct Settling(Option<Later>);
+
+impl Settling {
+    /// Nothing under way.
+    pub(crate) const DONE: Self = Self(None);
+
+    /// A store's answer: done if it is ready.
+    fn of(future: StoreFuture<'static, ()>) -> Self {
+        match future {
+            StoreFuture::Ready(_) => Self::DONE,
+            StoreFuture::Boxed(later) => Self(Some(later)),
+        }
+    }
+
+    /// Whether nothing is under way.
+    #[inline(always)]
+    pub(crate) fn is_done(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// This call, then `next`: the store sees them in that order.
+    pub(crate) fn then(mut self, mut next: Self) -> Self {
+        match (self.0.take(), next.0.take()) {
+            (None, None) => Self::DONE,
+            (Some(one), None) | (None, Some(one)) => Self(Some(one)),
+            (Some(first), Some(second)) => Self(Some(Box::pin(async move {
+                first.await;
+                second.await;
+            }))),
+        }
+    }
+}
+
+impl Future for Settling {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if let Some(later) = self.0.as_mut() {
+            std::task::ready!(later.as_mut().poll(cx));
+            self.0 = None;
+        }
+        std::task::Poll::Ready(())
+    }
+}
+
+impl Drop for Settling {
+    fn drop(&mut self) {
+        if let Some(later) = self.0.take() {
+            spawn(later);
+        }
+    }
+}
+
+impl fmt::Debug for Settling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_done() {
+            "Settling::Done"
+        } else {
+            "Settling::UnderWay"
+        })
     }
 }
 

@@ -1,12 +1,13 @@
 //! A granted slot, handed back through the answer or on drop.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
 use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
-use super::{AuthHash, Shared};
+use super::{AuthHash, Settling, Shared};
 use crate::headers::RateLimitInfo;
 use crate::store::{BucketKey, Lease, ResponseFacts};
 
@@ -69,22 +70,25 @@ impl Ticket {
     }
 
     /// Learns from the response to the request; returns whether a 429 is
-    /// held by the limiter for its wait (see [`TooManyRequests::held`]).
+    /// held by the limiter for its wait (see [`TooManyRequests::held`]), and
+    /// the store's call if it is still under way: the caller drives it to
+    /// its end before handing the response on (ARCHITECTURE.md §9.4).
     ///
     /// [`TooManyRequests::held`]: crate::TooManyRequests::held
-    pub(crate) fn record(mut self, status: StatusCode, info: &RateLimitInfo) -> bool {
+    pub(crate) fn record(mut self, status: StatusCode, info: &RateLimitInfo) -> (bool, Settling) {
         let shared = &self.shared;
         let facts = ResponseFacts::from_info(status, info, Instant::now());
         match self.grant.take() {
             Some(grant) => {
-                shared.record(grant, &facts);
-                facts.held(true, self.global_limits)
+                let settling = shared.record(grant, &facts);
+                (facts.held(true, self.global_limits), settling)
             }
             None => {
-                if std::mem::take(&mut self.pass) {
-                    shared.end_pass(self.auth, Some(&facts), false);
-                }
-                false
+                let settling = match std::mem::take(&mut self.pass) {
+                    true => shared.end_pass(self.auth, Some(&facts), false),
+                    false => Settling::DONE,
+                };
+                (false, settling)
             }
         }
     }
@@ -116,8 +120,9 @@ impl Ticket {
         };
         let auth = self.auth;
         let at = Instant::now();
-        let held = self.record(StatusCode::TOO_MANY_REQUESTS, &now_info);
+        let (held, recording) = self.record(StatusCode::TOO_MANY_REQUESTS, &now_info);
         Pending429 {
+            recording,
             shared,
             key,
             auth,
@@ -134,6 +139,9 @@ impl Ticket {
 /// before, it adds what the headers alone say. Either only extends what was
 /// recorded and counts nothing again.
 pub(crate) struct Pending429 {
+    /// The store's record of the headers, if still under way: driven while
+    /// the body is read, and before what the body adds.
+    recording: Settling,
     shared: Arc<Shared>,
     /// The granted key, for a route a limit applies to.
     key: Option<BucketKey>,
@@ -157,11 +165,21 @@ impl fmt::Debug for Pending429 {
 }
 
 impl Pending429 {
+    /// Drives the store's record of the headers, if still under way, while
+    /// the body is read.
+    pub(crate) fn poll_recording(&mut self, cx: &mut std::task::Context<'_>) {
+        if !self.recording.is_done() {
+            let _ = std::pin::Pin::new(&mut self.recording).poll(cx);
+        }
+    }
+
     /// The body was read: `info` says all of the 429. Returns whether it is
-    /// held by the limiter (see [`TooManyRequests::held`]).
+    /// held by the limiter (see [`TooManyRequests::held`]), and the store's
+    /// calls still under way (the record of the headers, then what the body
+    /// adds), for the caller to drive to their end.
     ///
     /// [`TooManyRequests::held`]: crate::TooManyRequests::held
-    pub(crate) fn finish(mut self, info: &RateLimitInfo) -> bool {
+    pub(crate) fn finish(mut self, info: &RateLimitInfo) -> (bool, Settling) {
         self.headers = None;
         if info
             .too_many_requests
@@ -170,22 +188,27 @@ impl Pending429 {
         {
             tracing::debug!("429 body is not JSON: likely Cloudflare");
         }
-        let extended = self.extend(info);
-        self.held || extended
+        let (extended, settling) = self.extend(info);
+        (self.held || extended, settling)
     }
 
-    fn extend(&self, info: &RateLimitInfo) -> bool {
+    /// What `info` adds to the 429, after the record of its headers: the
+    /// store sees them in that order.
+    fn extend(&mut self, info: &RateLimitInfo) -> (bool, Settling) {
         let shared = &self.shared;
         let facts = ResponseFacts::from_info(http::StatusCode::TOO_MANY_REQUESTS, info, self.at);
-        shared.extend_429(self.key.as_ref(), self.auth, &facts);
-        facts.held(self.key.is_some(), self.throttled_by_global)
+        let extending = shared.extend_429(self.key.as_ref(), self.auth, &facts);
+        let recording = std::mem::replace(&mut self.recording, Settling::DONE);
+        let held = facts.held(self.key.is_some(), self.throttled_by_global);
+        (held, recording.then(extending))
     }
 }
 
 impl Drop for Pending429 {
     fn drop(&mut self) {
         if let Some(info) = self.headers.take() {
-            self.extend(&info);
+            // Under way, it runs on in the background.
+            let _ = self.extend(&info);
         }
     }
 }
@@ -196,7 +219,8 @@ impl Drop for Ticket {
         if let Some(grant) = self.grant.take() {
             shared.release(grant, self.sent);
         } else if self.pass {
-            shared.end_pass(self.auth, None, self.sent);
+            // Under way, it runs on in the background.
+            drop(shared.end_pass(self.auth, None, self.sent));
         }
     }
 }

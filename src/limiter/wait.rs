@@ -3,8 +3,12 @@
 //! cancellation, `close()` and the waits on an invalid-request ceiling
 //! (ARCHITECTURE.md §9).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard};
 use tokio::time::Instant;
@@ -13,7 +17,7 @@ use super::hash::{shrink_if_sparse, Map};
 use super::{AuthHash, Shared, Ticket};
 use crate::error::Error;
 use crate::route::{CompiledRoute, Limits};
-use crate::store::{AcquireRequest, Acquired, BucketKey, Call, WaitReason, Waiters};
+use crate::store::{AcquireRequest, Acquired, BucketKey, Call, StoreFuture, WaitReason, Waiters};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -321,6 +325,120 @@ impl Waiters for Asking<'_> {
     }
 }
 
+impl Asking<'_> {
+    /// The place a store took for the request while answering elsewhere
+    /// ([`Asked`]).
+    fn take_place(&self) -> Option<Waiter> {
+        lock(&self.place).take()
+    }
+
+    /// Keeps `place` as the request's own.
+    fn keep_place(&self, place: Option<Waiter>) {
+        if place.is_some() {
+            *lock(&self.place) = place;
+        }
+    }
+}
+
+type Answer = (Result<Acquired, Error>, Option<Waiter>);
+
+/// A question to a store whose answer comes later (not the memory store),
+/// owning all it asks with. Dropped before the answer came (its request was
+/// dropped, or the limiter closed), it is run on to its end in the
+/// background, and what it was given then goes back (`undo`): a slot
+/// granted is released unsent, a pass ended unsent. So a grant that comes
+/// for no one is never lost (ARCHITECTURE.md §9.4).
+pub(super) struct Asked<T: Send + 'static> {
+    shared: Arc<Shared>,
+    asked: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
+    undo: fn(&Shared, T) -> Option<StoreFuture<'static, ()>>,
+}
+
+impl Asked<Answer> {
+    /// Asks for a slot for a request of `route`, at the head of `head`'s
+    /// queue or not, holding the global turn or not. The answer comes with
+    /// the place the store took for the request, if any.
+    fn acquire(
+        shared: &Arc<Shared>,
+        route: &CompiledRoute,
+        auth: AuthHash,
+        head: Option<&BucketKey>,
+        global_turn: bool,
+    ) -> Self {
+        let (asker, route, head) = (Arc::clone(shared), route.clone(), head.cloned());
+        let asked = Box::pin(async move {
+            let asking = asker.queues.asking();
+            let answer = {
+                let call = Call::new(&asker.config.policy, &asking);
+                let request = AcquireRequest::new(&route, auth, call)
+                    .with_head(head.as_ref())
+                    .with_global_turn(global_turn);
+                asker.store.acquire(&request).await
+            };
+            (answer.map_err(Error::from), asking.take_place())
+        });
+        Self {
+            shared: Arc::clone(shared),
+            asked: Some(asked),
+            undo: |shared, (answer, _place)| match answer {
+                Ok(Acquired::Granted(lease)) => {
+                    tracing::debug!("a slot granted to a dropped request: released");
+                    Some(shared.store.release(lease, false, shared.call()))
+                }
+                _ => None,
+            },
+        }
+    }
+}
+
+impl Asked<(Result<bool, Error>, AuthHash)> {
+    /// Asks for a pass for a request of `auth` no limit applies to.
+    fn pass(shared: &Arc<Shared>, auth: AuthHash) -> Self {
+        let asker = Arc::clone(shared);
+        let asked = Box::pin(async move {
+            let answer = asker.store.pass(auth, asker.call()).await;
+            (answer.map_err(Error::from), auth)
+        });
+        Self {
+            shared: Arc::clone(shared),
+            asked: Some(asked),
+            undo: |shared, (answer, auth)| match answer {
+                Ok(true) => {
+                    tracing::debug!("a pass given to a dropped request: ended");
+                    Some(shared.store.end_pass(auth, None, false, shared.call()))
+                }
+                _ => None,
+            },
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for Asked<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let asked = self.asked.as_mut().expect("Asked polled after completion");
+        let answer = ready!(asked.as_mut().poll(cx));
+        self.asked = None;
+        Poll::Ready(answer)
+    }
+}
+
+impl<T: Send + 'static> Drop for Asked<T> {
+    fn drop(&mut self) {
+        let Some(asked) = self.asked.take() else {
+            return;
+        };
+        let (shared, undo) = (Arc::clone(&self.shared), self.undo);
+        super::spawn(async move {
+            let answer = asked.await;
+            if let Some(undone) = undo(&shared, answer) {
+                undone.await;
+            }
+        });
+    }
+}
+
 /// A request no limit applies to, held by an invalid-request ceiling: waits
 /// until a request in flight ends, then asks again (ARCHITECTURE.md §6).
 pub(super) async fn wait_pass(shared: Arc<Shared>, auth: AuthHash) -> Result<Ticket, Error> {
@@ -336,14 +454,41 @@ pub(super) async fn wait_pass(shared: Arc<Shared>, auth: AuthHash) -> Result<Tic
         if shared.is_closed() {
             return Err(Error::Closed);
         }
-        if shared.store.pass(auth, shared.call()).await? {
+        let go = match &shared.memory {
+            Some(_) => shared.store.pass(auth, shared.call()).await?,
+            // Owned: a pass that comes once the request is dropped is ended.
+            None => Asked::pass(&shared, auth).await.0?,
+        };
+        if go {
             return Ok(Ticket::pass(&shared, auth));
         }
+        let sleep = async {
+            match bounded(&shared, None) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = &mut closed => return Err(Error::Closed),
             _ = notified => {}
+            _ = sleep => {}
         }
+    }
+}
+
+/// The longest a request waits on a store other than this limiter's own
+/// memory store before it asks again, when the store named no time (`wait:
+/// None`): that store's state may be changed by others (other processes),
+/// whose answers wake no queue of this process (ARCHITECTURE.md §9.4).
+pub(crate) const UNWOKEN_WAIT: Duration = Duration::from_millis(100);
+
+/// `wait`, bounded by [`UNWOKEN_WAIT`] when the store is not this limiter's
+/// own memory store and named no time.
+fn bounded(shared: &Shared, wait: Option<Duration>) -> Option<Duration> {
+    match wait {
+        None if shared.memory.is_none() => Some(UNWOKEN_WAIT),
+        wait => wait,
     }
 }
 
@@ -355,11 +500,9 @@ pub(super) async fn acquire_later(
     auth: AuthHash,
 ) -> Result<Ticket, Error> {
     let asking = shared.queues.asking();
-    let answer = {
-        let call = Call::new(&shared.config.policy, &asking);
-        let request = AcquireRequest::new(&route, auth, call);
-        shared.acquire(&request).await?
-    };
+    let (answer, place) = Asked::acquire(&shared, &route, auth, None, false).await;
+    asking.keep_place(place);
+    let answer = answer?;
     match super::first_answer(&shared, route, auth, answer, &asking)? {
         super::Start::Go(ticket) => Ok(ticket),
         super::Start::Wait(wait) => wait.await,
@@ -402,12 +545,24 @@ pub(super) async fn wait_turn(
                     return Err(Error::Closed);
                 }
                 let asking = shared.queues.asking();
-                let answer = {
-                    let call = Call::new(&shared.config.policy, &asking);
-                    let request = AcquireRequest::new(&route, auth, call)
-                        .with_head(Some(&waiter.key))
-                        .with_global_turn(global_turn.is_some());
-                    shared.acquire(&request).await?
+                let answer = match &shared.memory {
+                    Some(memory) => {
+                        let call = Call::new(&shared.config.policy, &asking);
+                        let request = AcquireRequest::new(&route, auth, call)
+                            .with_head(Some(&waiter.key))
+                            .with_global_turn(global_turn.is_some());
+                        memory.acquire_now(&request)?
+                    }
+                    // Owned: a slot granted once the request is dropped is
+                    // released.
+                    None => {
+                        let head = Some(&waiter.key);
+                        let global_turn = global_turn.is_some();
+                        let (answer, place) =
+                            Asked::acquire(&shared, &route, auth, head, global_turn).await;
+                        asking.keep_place(place);
+                        answer?
+                    }
                 };
                 let now = Instant::now();
                 let (wait, reason) = match answer {
@@ -439,6 +594,7 @@ pub(super) async fn wait_turn(
                 if let Some(wait) = wait {
                     shared.too_long(&route, wait, reason.is_global())?;
                 }
+                let wait = bounded(&shared, wait);
                 let sleep = async {
                     match wait {
                         Some(wait) => tokio::time::sleep_until(now + wait).await,
