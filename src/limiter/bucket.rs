@@ -592,6 +592,27 @@ mod tests {
     /// ARCHITECTURE.md §4.4, §4.8: answers with a window id but no reset
     /// (no `Reset-After`, no `Date`) still lower `remaining`, and an empty
     /// window never refills before a reset passes.
+    /// ARCHITECTURE.md §4.4: a window id without a reset of its own is
+    /// never placed more than a day away: an answer naming a window two
+    /// days ahead neither starts that window nor holds the bucket past its
+    /// current reset.
+    #[test]
+    fn a_window_id_over_a_day_away_is_not_placed() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0);
+        grant(&mut b, t0);
+        b.release(0, true);
+        b.apply(&facts(&info(3, 2, 1.0, 5000)), t0);
+        let g = grant(&mut b, t0);
+        b.release(g, true);
+        let mut far = info(3, 0, 1.0, 5000 + 2 * 86_400_000);
+        far.reset_after = None;
+        b.apply(&facts(&far), t0);
+        assert_eq!(b.remaining(), 0, "it still lowers the current window");
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(b.check(t1), None, "refilled at the current reset: {b:?}");
+    }
+
     #[test]
     fn window_ids_without_a_reset_still_count() {
         let t0 = Instant::now();
