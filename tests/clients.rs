@@ -1,7 +1,7 @@
 //! The layer in a full hyper client stack, as the README recommends:
 //! `ServiceBuilder::new().timeout(..).retry(RetryPolicy::default()).layer(RateLimitLayer::new())`
 //! over `hyper_util`'s legacy client, against the simulated Discord server
-//! over real HTTP with tokio's paused clock (ARCHITECTURE.md "The request path",
+//! over real HTTP with tokio's paused clock (ARCHITECTURE.md §2,
 //! and "Lifecycle": a request dropped at any point leaves no leaked slot).
 //!
 //! Under the paused clock, a runtime with nothing to run but a pending timer
@@ -90,7 +90,7 @@ fn last_arrival(sim: &Handle) -> Instant {
     sim.requests().last().expect("a request").arrival
 }
 
-/// ARCHITECTURE.md "The request path" through a full hyper stack (timeout + retry +
+/// ARCHITECTURE.md §2 through a full hyper stack (timeout + retry +
 /// layer): 60 concurrent sends over three channels all succeed, the server
 /// never answers 429 and never sees more than a bucket's limit in a window.
 #[tokio::test(start_paused = true)]
@@ -129,7 +129,7 @@ async fn hyper_stack_sends_many_concurrent_requests_without_a_429() {
     assert!(idle(&limiter.stats()), "{:?}", limiter.stats());
 }
 
-/// ARCHITECTURE.md "Readiness and composition": a `Timeout` outside the layer bounds
+/// ARCHITECTURE.md §2.3: a `Timeout` outside the layer bounds
 /// the wait and the request together: a request waiting on an exhausted
 /// bucket with a long reset fails with `Elapsed` after the timeout, having
 /// sent nothing, and leaves no waiter behind.
@@ -196,7 +196,7 @@ async fn timeout_outside_the_retry_bounds_the_back_offs() {
     assert!(idle(&limiter.stats()), "{:?}", limiter.stats());
 }
 
-/// ARCHITECTURE.md "A request dropped before it was sent gives its slot back": a
+/// ARCHITECTURE.md §4.2: a
 /// request cancelled by the timeout while waiting keeps no place in the
 /// bucket's queue; once the bucket resets, the next request goes at once.
 #[tokio::test(start_paused = true)]
@@ -233,7 +233,7 @@ async fn request_cancelled_while_waiting_gives_its_place_back() {
     assert_eq!(sim.count_429(), 0);
 }
 
-/// ARCHITECTURE.md "A response future dropped at any point leaves no leaked slot and
+/// ARCHITECTURE.md §7.4: "A response future dropped at any point leaves no leaked slot and
 /// no deadlock": a request cancelled by the timeout while on the wire (here
 /// the probe of an unknown bucket, then a request of the known bucket) is no
 /// longer in flight, and the next request goes at once.

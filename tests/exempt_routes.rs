@@ -1,4 +1,4 @@
-//! Routes exempt from limits (ARCHITECTURE.md "The request path", step 1):
+//! Routes exempt from limits (ARCHITECTURE.md §2, step 1):
 //! `POST /oauth2/token` and interaction callbacks skip every limit,
 //! interaction follow-ups the global one. What a 429 on them means for a
 //! retry (`TooManyRequests::held`), and that their invalid answers still
@@ -142,7 +142,7 @@ fn assert_invalid_request_limit(err: &BoxError, what: &str) {
 // 1. A 429 on a route no limit applies to.
 // ---------------------------------------------------------------------------
 
-/// ARCHITECTURE.md "Routes that Discord does not rate-limit skip every limit": their 429 is not held, so the retry waits its `retry_after`, a bounded number of times.
+/// ARCHITECTURE.md §2.1: their 429 is not held, so the retry waits its `retry_after`, a bounded number of times.
 #[tokio::test(start_paused = true)]
 async fn retry_waits_retry_after_of_a_429_on_a_route_no_limit_applies_to() {
     let h = Harness::start(RateLimitLayer::builder());
@@ -165,7 +165,7 @@ async fn retry_waits_retry_after_of_a_429_on_a_route_no_limit_applies_to() {
     assert_eq!(gaps(&h.arrivals(OAUTH)), [secs(3.0); 5]);
 }
 
-/// ARCHITECTURE.md "429 with scope user": on a bucketed route the limiter holds the 429 (`held`), so the retry waits the hold once, not twice.
+/// ARCHITECTURE.md §4.7: on a bucketed route the limiter holds the 429 (`held`), so the retry waits the hold once, not twice.
 #[tokio::test(start_paused = true)]
 async fn retry_waits_the_hold_once_of_a_429_on_a_bucketed_route() {
     let h = Harness::start(RateLimitLayer::builder());
@@ -191,7 +191,7 @@ async fn retry_waits_the_hold_once_of_a_429_on_a_bucketed_route() {
 // 2. A global 429 on an interaction follow-up.
 // ---------------------------------------------------------------------------
 
-/// ARCHITECTURE.md "Interaction follow-ups are bucketed but exempt from the global limit": a global 429 there throttles the token's other routes but is not held for the follow-up.
+/// ARCHITECTURE.md §2.1: a global 429 there throttles the token's other routes but is not held for the follow-up.
 #[tokio::test(start_paused = true)]
 async fn global_429_on_an_interaction_follow_up_throttles_other_routes_but_not_held() {
     let h = Harness::start(RateLimitLayer::builder());
@@ -221,7 +221,7 @@ async fn global_429_on_an_interaction_follow_up_throttles_other_routes_but_not_h
     assert_eq!(h.sim.count_429(), 1);
 }
 
-/// ARCHITECTURE.md "Interaction follow-ups are ... exempt from the global limit": RetryPolicy waits a global 429's `retry_after` there instead of retrying at once.
+/// ARCHITECTURE.md §2.1: RetryPolicy waits a global 429's `retry_after` there instead of retrying at once.
 #[tokio::test(start_paused = true)]
 async fn retry_waits_retry_after_of_a_global_429_on_an_interaction_follow_up() {
     let h = Harness::start(RateLimitLayer::builder());
@@ -287,7 +287,7 @@ async fn ceiling_holds_every_route_of_the_token(h: &Harness) {
     assert_eq!(h.limiter.stats().invalid_requests.len(), 1);
 }
 
-/// ARCHITECTURE.md "Invalid requests (401, 403, non-shared 429) are counted per authentication": on `POST /oauth2/token` too, and its ceiling then fails fast.
+/// ARCHITECTURE.md §6: on `POST /oauth2/token` too, and its ceiling then fails fast.
 #[tokio::test(start_paused = true)]
 async fn invalid_answers_on_oauth2_token_count_and_reach_the_ceiling() {
     let h = Harness::start(RateLimitLayer::builder().invalid_request_ceiling(Some(2)));
@@ -295,7 +295,7 @@ async fn invalid_answers_on_oauth2_token_count_and_reach_the_ceiling() {
     ceiling_holds_every_route_of_the_token(&h).await;
 }
 
-/// ARCHITECTURE.md "Invalid requests (401, 403, non-shared 429) are counted per authentication": on an interaction callback too, and its ceiling then fails fast.
+/// ARCHITECTURE.md §6: on an interaction callback too, and its ceiling then fails fast.
 #[tokio::test(start_paused = true)]
 async fn invalid_answers_on_an_interaction_callback_count_and_reach_the_ceiling() {
     let h = Harness::start(RateLimitLayer::builder().invalid_request_ceiling(Some(2)));
@@ -303,7 +303,7 @@ async fn invalid_answers_on_an_interaction_callback_count_and_reach_the_ceiling(
     ceiling_holds_every_route_of_the_token(&h).await;
 }
 
-/// ARCHITECTURE.md "The request path", step 2, for the policy: a `retry_after`
+/// ARCHITECTURE.md §2, step 2, for the policy: a `retry_after`
 /// longer than the policy's `max_rate_limit` (300 s by default) on a route
 /// no limit holds is not waited out: the 429 goes to the caller after one
 /// attempt.

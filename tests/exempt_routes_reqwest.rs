@@ -1,7 +1,7 @@
 //! Routes no limit applies to (`POST /oauth2/token`, interaction callbacks)
 //! through the reqwest middleware (feature `reqwest-middleware`): their
 //! invalid answers still count, and their responses carry `RateLimitInfo`
-//! (ARCHITECTURE.md "The request path", steps 1 and 4, and "Bucket rules":
+//! (ARCHITECTURE.md §2, steps 1 and 4, and "Bucket rules":
 //! invalid requests).
 //!
 //! Real HTTP to the simulated Discord server with tokio's paused clock;
@@ -44,7 +44,7 @@ fn invalid(limiter: &Limiter) -> u32 {
     limiter.invalid_requests(Some(&HeaderValue::from_static(AUTH)))
 }
 
-/// ARCHITECTURE.md "Invalid requests (401, 403, non-shared 429) are counted per authentication": through the reqwest middleware too, on routes no limit applies to, whose responses carry `RateLimitInfo`.
+/// ARCHITECTURE.md §6: through the reqwest middleware too, on routes no limit applies to, whose responses carry `RateLimitInfo`.
 #[tokio::test(start_paused = true)]
 async fn middleware_counts_invalid_answers_on_routes_no_limit_applies_to() {
     let _tick = tick_clock();

@@ -145,7 +145,7 @@ fn is_callback(e: &LoggedRequest) -> bool {
 // 1. The global throttle.
 // ---------------------------------------------------------------------------
 
-/// ARCHITECTURE.md "429 with global: true": the throttle holds every bucket of that
+/// ARCHITECTURE.md §5.1: the throttle holds every bucket of that
 /// authentication, unknown ones too, for `retry_after`; other
 /// authentications are not delayed.
 #[tokio::test(start_paused = true)]
@@ -231,7 +231,7 @@ async fn global_429_holds_every_bucket_of_that_token_only() {
 // 2. The proactive global limit and the routes exempt from it.
 // ---------------------------------------------------------------------------
 
-/// ARCHITECTURE.md "Acquire": the proactive global limit (default 50 requests per
+/// ARCHITECTURE.md §2.2: the proactive global limit (default 50 requests per
 /// second per authentication) keeps 200 requests over 200 channels at or
 /// under 50 in any second at the server, without a 429.
 #[tokio::test(start_paused = true)]
@@ -248,7 +248,7 @@ async fn default_global_limit_keeps_200_requests_under_50_per_second() {
     assert!(last - t0 <= ms(3100), "200 requests took {:?}", last - t0);
 }
 
-/// ARCHITECTURE.md "The request path", step 2: requests held by the global limit go
+/// ARCHITECTURE.md §2, step 2: requests held by the global limit go
 /// first come first served across buckets: the first 50 sent go in the first
 /// second, the next 50 in the next, and so on.
 #[tokio::test(start_paused = true)]
@@ -274,7 +274,7 @@ async fn requests_held_by_the_global_limit_go_first_come_first_served() {
     }
 }
 
-/// ARCHITECTURE.md "The request path": interaction callbacks skip every limit (they
+/// ARCHITECTURE.md §2: interaction callbacks skip every limit (they
 /// go at once while the global limit is saturated, and do not use it up);
 /// interaction follow-ups are exempt from the global limit but bucketed.
 #[tokio::test(start_paused = true)]
@@ -336,7 +336,7 @@ async fn interaction_callbacks_and_follow_ups_are_exempt_from_the_global_limit()
     );
 }
 
-/// ARCHITECTURE.md "Acquire": the global limit is configurable: `Some(10)` keeps a
+/// ARCHITECTURE.md §2.2: the global limit is configurable: `Some(10)` keeps a
 /// token at 10 requests per second.
 #[tokio::test(start_paused = true)]
 async fn configured_global_limit_of_10() {
@@ -359,7 +359,7 @@ async fn configured_global_limit_of_10() {
     }
 }
 
-/// ARCHITECTURE.md "Acquire": the global limit can be disabled: with `None` a token
+/// ARCHITECTURE.md §2.2: the global limit can be disabled: with `None` a token
 /// sends as fast as its buckets allow.
 #[tokio::test(start_paused = true)]
 async fn disabled_global_limit() {
@@ -380,7 +380,7 @@ async fn disabled_global_limit() {
 // 3. A global 429 lowers the proactive limit; it creeps back up.
 // ---------------------------------------------------------------------------
 
-/// ARCHITECTURE.md "Bucket rules": a global 429 lowers the proactive global limit to
+/// ARCHITECTURE.md §4: a global 429 lowers the proactive global limit to
 /// what the server admitted in that second, and it creeps back up while no
 /// global 429 comes.
 #[tokio::test(start_paused = true)]
@@ -473,7 +473,7 @@ fn too_long(err: &BoxError) -> (Route, bool, Duration, Duration) {
     }
 }
 
-/// ARCHITECTURE.md "Acquire": a bucket wait known up front longer than
+/// ARCHITECTURE.md §2.2: a bucket wait known up front longer than
 /// `max_rate_limit` fails at once with `Error::RateLimitTooLong`, sending
 /// nothing.
 #[tokio::test(start_paused = true)]
@@ -514,7 +514,7 @@ async fn bucket_wait_longer_than_max_rate_limit_fails_at_once() {
     );
 }
 
-/// ARCHITECTURE.md "Acquire": a global throttle longer than `max_rate_limit` fails at
+/// ARCHITECTURE.md §2.2: a global throttle longer than `max_rate_limit` fails at
 /// once with `Error::RateLimitTooLong { global: true, .. }`, sending
 /// nothing.
 #[tokio::test(start_paused = true)]
@@ -567,7 +567,7 @@ async fn global_throttle_longer_than_max_rate_limit_fails_at_once() {
 // 5. Cloudflare and JSON 429s without retry_after.
 // ---------------------------------------------------------------------------
 
-/// ARCHITECTURE.md "Bucket rules": a 429 that is not JSON (Cloudflare) is passed to
+/// ARCHITECTURE.md §4: a 429 that is not JSON (Cloudflare) is passed to
 /// the caller marked as such, counted as invalid, and never retried.
 #[tokio::test(start_paused = true)]
 async fn cloudflare_429_is_passed_through_once() {
@@ -587,7 +587,7 @@ async fn cloudflare_429_is_passed_through_once() {
     assert_eq!(h.sim.requests().len(), 1, "the 429 was retried");
 }
 
-/// ARCHITECTURE.md "Bucket rules": a JSON 429 without `retry_after` is passed to the
+/// ARCHITECTURE.md §4: a JSON 429 without `retry_after` is passed to the
 /// caller marked as such, counted as invalid, and never retried.
 #[tokio::test(start_paused = true)]
 async fn json_429_without_retry_after_is_passed_through_once() {
@@ -631,7 +631,7 @@ fn user_429() -> Override {
     }
 }
 
-/// ARCHITECTURE.md "Bucket rules": invalid requests (401, 403, non-shared 429) are
+/// ARCHITECTURE.md §4: invalid requests (401, 403, non-shared 429) are
 /// counted per authentication over a sliding 10 minutes, readable, and a
 /// ceiling makes new requests fail fast.
 #[tokio::test(start_paused = true)]
@@ -749,7 +749,7 @@ async fn both_bodies(h: &Harness, scripted: Override, case: &str) -> (Bytes, Byt
     (raw.body, limited.body)
 }
 
-/// ARCHITECTURE.md "Observe": the caller reads a 429's body exactly as the server
+/// ARCHITECTURE.md §2.4: the caller reads a 429's body exactly as the server
 /// sent it (user, global and Cloudflare 429s).
 #[tokio::test(start_paused = true)]
 async fn body_of_a_429_is_byte_identical() {
@@ -777,7 +777,7 @@ async fn body_of_a_429_is_byte_identical() {
     }
 }
 
-/// ARCHITECTURE.md "Observe": a 429 body larger than the 64 KiB the layer reads (1 MiB,
+/// ARCHITECTURE.md §2.4: a 429 body larger than the 64 KiB the layer reads (1 MiB,
 /// so that some of it is still unread then) is handed back whole, byte for
 /// byte.
 #[tokio::test(start_paused = true)]
@@ -811,7 +811,7 @@ async fn large_429_body_is_byte_identical() {
 // 8. Shared 429s.
 // ---------------------------------------------------------------------------
 
-/// ARCHITECTURE.md "Bucket rules": a `shared` 429 holds the bucket for the largest of
+/// ARCHITECTURE.md §4: a `shared` 429 holds the bucket for the largest of
 /// its waits and does not count as an invalid request.
 #[tokio::test(start_paused = true)]
 async fn shared_429_holds_the_bucket_and_is_not_invalid() {

@@ -1,5 +1,5 @@
 //! Lifecycle and robustness of the layer against the simulated Discord
-//! server (ARCHITECTURE.md "Lifecycle", the malformed-header rule, and the
+//! server (ARCHITECTURE.md §7, the malformed-header rule, and the
 //! readiness contract of "The request path", step 3).
 //!
 //! Every test runs on tokio's paused clock. Real HTTP goes through
@@ -324,7 +324,7 @@ const MALFORMED_ALL: &[Malformed] = &[
     },
 ];
 
-/// ARCHITECTURE.md "Malformed header values (not numbers, negative, NaN, infinite,
+/// ARCHITECTURE.md §4.8: "Malformed header values (not numbers, negative, NaN, infinite,
 /// absurdly large) never panic: they are ignored or clamped".
 #[tokio::test(start_paused = true)]
 async fn malformed_headers_never_panic_nor_stick_a_bucket() {
@@ -334,7 +334,7 @@ async fn malformed_headers_never_panic_nor_stick_a_bucket() {
     check_malformed(MALFORMED_ALL, &[true]).await;
 }
 
-/// ARCHITECTURE.md "Malformed header values … are ignored or clamped", for a
+/// ARCHITECTURE.md §4.8, for a
 /// route's first answer lacking `X-RateLimit-Bucket` (the brief's "missing
 /// bucket"): its limit lets several requests fly under the route's key, and
 /// the bucket learned from their answers must count them.
@@ -343,7 +343,7 @@ async fn hashless_first_answer_does_not_overshoot_the_learned_bucket() {
     check_malformed(HASHLESS, &[false]).await;
 }
 
-/// ARCHITECTURE.md "Malformed header values … are ignored or clamped", when every
+/// ARCHITECTURE.md §4.8, when every
 /// rate-limit header of a route's first answer is unusable: ignoring them
 /// must not make the route look unlimited.
 #[tokio::test(start_paused = true)]
@@ -420,7 +420,7 @@ async fn check_malformed(cases: &[Malformed], learned_first: &[bool]) {
 
 // --- Dropped response futures ------------------------------------------------
 
-/// ARCHITECTURE.md "A response future dropped at any point leaves no leaked slot and
+/// ARCHITECTURE.md §7.4: "A response future dropped at any point leaves no leaked slot and
 /// no deadlock" / "A request dropped before it was sent gives its slot back":
 /// dropped while queued on an exhausted bucket, and dropped after its slot
 /// was granted but before the inner service was ready.
@@ -484,7 +484,7 @@ async fn dropped_while_waiting_leaves_no_slot_nor_queue_behind() {
     assert_eq!(limiter.stats().buckets, 0, "{:?}", limiter.stats());
 }
 
-/// ARCHITECTURE.md "A response future dropped at any point leaves no leaked slot and
+/// ARCHITECTURE.md §7.4: "A response future dropped at any point leaves no leaked slot and
 /// no deadlock": dropped while its request is at the server.
 #[tokio::test(start_paused = true)]
 async fn dropped_in_flight_frees_its_slot() {
@@ -525,7 +525,7 @@ async fn dropped_in_flight_frees_its_slot() {
     assert_eq!(limiter.stats().buckets, 0, "{:?}", limiter.stats());
 }
 
-/// ARCHITECTURE.md "A response future dropped at any point leaves no leaked slot and
+/// ARCHITECTURE.md §7.4: "A response future dropped at any point leaves no leaked slot and
 /// no deadlock" with "An unknown bucket lets one request through": when the
 /// probe is dropped in flight, the next request probes, one at a time.
 #[tokio::test(start_paused = true)]
@@ -581,7 +581,7 @@ async fn unknown_bucket_probe_dropped_in_flight_lets_the_next_one_probe() {
 
 // --- close() -----------------------------------------------------------------
 
-/// ARCHITECTURE.md "`close()`: every waiter fails promptly with `Error::Closed`;
+/// ARCHITECTURE.md §7.3: "`close()`: every waiter fails promptly with `Error::Closed`;
 /// later calls too."
 #[tokio::test(start_paused = true)]
 async fn close_fails_every_waiter_at_once_and_every_later_call() {
@@ -645,7 +645,7 @@ async fn close_fails_every_waiter_at_once_and_every_later_call() {
 
 // --- Stale buckets -----------------------------------------------------------
 
-/// ARCHITECTURE.md "Stale buckets (no waiters, nothing in flight, idle past reset +
+/// ARCHITECTURE.md §7.2: "Stale buckets (no waiters, nothing in flight, idle past reset +
 /// `expire_after`) are dropped, so memory stays bounded under route churn."
 #[tokio::test(start_paused = true)]
 async fn stale_buckets_of_100k_channels_are_swept_in_the_background() {
@@ -734,7 +734,7 @@ where
     drop(reserved);
 }
 
-/// ARCHITECTURE.md "Poll [the inner service's] readiness after the wait, not before:
+/// ARCHITECTURE.md §2.3: "Poll [the inner service's] readiness after the wait, not before:
 /// no inner reservation (… concurrency permit) is held while waiting on a
 /// bucket", with `ConcurrencyLimit(1)` inside the layer.
 #[tokio::test(start_paused = true)]
@@ -742,7 +742,7 @@ async fn readiness_holds_no_concurrency_permit_while_waiting() {
     no_inner_capacity_held(|client| ConcurrencyLimit::new(client, 1)).await;
 }
 
-/// ARCHITECTURE.md "Poll [the inner service's] readiness after the wait, not before:
+/// ARCHITECTURE.md §2.3: "Poll [the inner service's] readiness after the wait, not before:
 /// no inner reservation (Buffer slot, …) is held while waiting on a bucket",
 /// with `Buffer` of bound 1 inside the layer.
 #[tokio::test(start_paused = true)]
@@ -775,7 +775,7 @@ where
     }
 }
 
-/// ARCHITECTURE.md "One limiter can be shared by several layers": two layers over
+/// ARCHITECTURE.md §7.1: two layers over
 /// two clients keep one quota.
 #[tokio::test(start_paused = true)]
 async fn one_limiter_shared_by_two_layers_keeps_one_quota() {
@@ -803,7 +803,7 @@ async fn one_limiter_shared_by_two_layers_keeps_one_quota() {
     assert!(sim.count_429() > 0, "the control should overshoot");
 }
 
-/// ARCHITECTURE.md "The layer owns an `Arc` of the limiter; every service it makes
+/// ARCHITECTURE.md §7.1: "The layer owns an `Arc` of the limiter; every service it makes
 /// and every clone shares it": requests through clones keep one quota.
 #[tokio::test(start_paused = true)]
 async fn clones_of_one_service_keep_one_quota() {
@@ -818,7 +818,7 @@ async fn clones_of_one_service_keep_one_quota() {
     assert!(idle(&svc.limiter().stats()));
 }
 
-/// ARCHITECTURE.md "The layer owns an `Arc` of the limiter; every service it makes
+/// ARCHITECTURE.md §7.1: "The layer owns an `Arc` of the limiter; every service it makes
 /// and every clone shares it": two services of one layer keep one quota.
 #[tokio::test(start_paused = true)]
 async fn services_made_by_one_layer_keep_one_quota() {
@@ -867,7 +867,7 @@ async fn two_channels(route: Option<CompiledRoute>) -> (Handle, usize) {
     (sim, early)
 }
 
-/// ARCHITECTURE.md "Route. Extension or resolver": without a `CompiledRoute`
+/// ARCHITECTURE.md §2.1: without a `CompiledRoute`
 /// extension the resolver keys each channel apart.
 #[tokio::test(start_paused = true)]
 async fn without_compiled_route_the_resolver_splits_channels() {
@@ -879,7 +879,7 @@ async fn without_compiled_route_the_resolver_splits_channels() {
     assert_eq!(sim.requests().len(), 12);
 }
 
-/// ARCHITECTURE.md "A caller may put a `CompiledRoute` into the request's
+/// ARCHITECTURE.md §1: "A caller may put a `CompiledRoute` into the request's
 /// extensions; otherwise a `RouteResolver` compiles one": the extension wins,
 /// and two paths under one compiled route share one quota.
 #[tokio::test(start_paused = true)]
@@ -894,7 +894,7 @@ async fn compiled_route_extension_overrides_the_resolver() {
     assert_eq!(sim.requests().len(), 12);
 }
 
-/// ARCHITECTURE.md "Stale buckets … are dropped, so memory stays bounded": once a
+/// ARCHITECTURE.md §7.2: once a
 /// route's bucket is known, the entry that probed it by route is let go at
 /// once, not kept until it expires: one bucket per channel.
 #[tokio::test(start_paused = true)]

@@ -1,6 +1,6 @@
 //! `Limiter::close()` against a request that holds its slot but still waits
-//! for the inner service (ARCHITECTURE.md "Lifecycle": `close()`, and "The request
-//! path", step 3: readiness is polled after the wait).
+//! for the inner service (ARCHITECTURE.md §7.3: `close()`, and §2.3:
+//! readiness is polled after the wait).
 //!
 //! Real HTTP to the simulated Discord server with tokio's paused clock; the
 //! simulator's latency keeps one request in flight, and [`tick_clock`]
@@ -38,7 +38,7 @@ fn spawn_send(svc: &Svc, req: Request<Full<Bytes>>) -> JoinHandle<Result<u16, Bo
     })
 }
 
-/// ARCHITECTURE.md "Lifecycle: close()": a request granted its slot but still waiting for the inner service's readiness is not sent after `close()`; it fails with `Error::Closed`.
+/// ARCHITECTURE.md §7.3: a request granted its slot but still waiting for the inner service's readiness is not sent after `close()`; it fails with `Error::Closed`.
 #[tokio::test(start_paused = true)]
 async fn request_waiting_for_inner_readiness_is_not_sent_after_close() {
     let _tick = tick_clock();
@@ -90,7 +90,7 @@ async fn request_waiting_for_inner_readiness_is_not_sent_after_close() {
     assert_eq!((stats.in_flight, stats.waiters), (0, 0), "{stats:?}");
 }
 
-/// ARCHITECTURE.md "A response future dropped at any point leaves no leaked slot
+/// ARCHITECTURE.md §7.4: "A response future dropped at any point leaves no leaked slot
 /// and no deadlock": a future made by `call` but not polled yet holds no
 /// slot, so a later one on the same (unknown) bucket is not stuck behind it.
 #[tokio::test(start_paused = true)]

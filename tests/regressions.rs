@@ -281,7 +281,7 @@ async fn statuses(tasks: Vec<tokio::task::JoinHandle<u16>>) -> Vec<u16> {
 // 1. Invite codes are one route.
 // ---------------------------------------------------------------------------
 
-/// ARCHITECTURE.md "Vocabulary: Route": invite codes are one `{code}` parameter, one bucket for all codes.
+/// ARCHITECTURE.md §1: invite codes are one `{code}` parameter, one bucket for all codes.
 #[tokio::test(start_paused = true)]
 async fn invite_codes_share_one_route_and_bucket() {
     // The simulator's own parsing keeps a code as a literal segment
@@ -314,7 +314,7 @@ async fn invite_codes_share_one_route_and_bucket() {
 // 2. A webhook token after a proxy prefix or an empty segment.
 // ---------------------------------------------------------------------------
 
-/// ARCHITECTURE.md "Vocabulary: CompiledRoute": a webhook token (after `//` or a prefix) is never shown.
+/// ARCHITECTURE.md §1: a webhook token (after `//` or a prefix) is never shown.
 #[tokio::test(start_paused = true)]
 async fn webhook_token_after_a_prefix_or_empty_segment_stays_secret_and_splits_quotas() {
     const HOOK_ROUTE: &str = "/webhooks/{webhook_id}/{webhook_token}";
@@ -383,7 +383,7 @@ async fn webhook_token_after_a_prefix_or_empty_segment_stays_secret_and_splits_q
 // 3. X-RateLimit-Reset without X-RateLimit-Reset-After.
 // ---------------------------------------------------------------------------
 
-/// ARCHITECTURE.md "Observe": without `Reset-After`, the reset is `X-RateLimit-Reset` minus `Date`.
+/// ARCHITECTURE.md §2.4: without `Reset-After`, the reset is `X-RateLimit-Reset` minus `Date`.
 #[tokio::test(start_paused = true)]
 async fn reset_without_reset_after_waits_for_the_servers_reset() {
     assert_eq!(
@@ -429,7 +429,7 @@ async fn reset_without_reset_after_waits_for_the_servers_reset() {
 // 4. A 429 without a body retry_after.
 // ---------------------------------------------------------------------------
 
-/// ARCHITECTURE.md "429 with scope user": the bucket waits the largest of `Retry-After` and `Reset-After`.
+/// ARCHITECTURE.md §4.7: the bucket waits the largest of `Retry-After` and `Reset-After`.
 #[tokio::test(start_paused = true)]
 async fn user_429_without_body_retry_after_holds_the_larger_header() {
     let h = Harness::start(Simulator::new(), RateLimitLayer::builder());
@@ -468,7 +468,7 @@ async fn user_429_without_body_retry_after_holds_the_larger_header() {
 // 5. A first request's 429 while another major teaches the hash.
 // ---------------------------------------------------------------------------
 
-/// ARCHITECTURE.md "429 with scope user": an unknown bucket's hold outlasts learning the route's hash.
+/// ARCHITECTURE.md §4.7: an unknown bucket's hold outlasts learning the route's hash.
 #[tokio::test(start_paused = true)]
 async fn first_request_429_holds_its_channel_after_the_hash_is_learned() {
     let h = Harness::start(Simulator::new(), RateLimitLayer::builder());
@@ -546,7 +546,7 @@ async fn touch_channels(limiter: &Limiter, channels: std::ops::Range<u64>) {
     assert_eq!(sim.count_429(), 0);
 }
 
-/// ARCHITECTURE.md "Lifecycle: stale buckets are dropped": the sweeper outlives the runtime it ran on.
+/// ARCHITECTURE.md §7.2: the sweeper outlives the runtime it ran on.
 #[test]
 fn sweeper_restarts_after_its_runtime_is_gone() {
     let expire_after = 10 * SECOND;
@@ -577,7 +577,7 @@ fn sweeper_restarts_after_its_runtime_is_gone() {
     });
 }
 
-/// ARCHITECTURE.md "Lifecycle: stale buckets are dropped": even after a runtime that never ran the sweeper.
+/// ARCHITECTURE.md §7.2: even after a runtime that never ran the sweeper.
 #[test]
 fn sweeper_restarts_after_a_runtime_that_never_ran_it() {
     let expire_after = 10 * SECOND;
@@ -606,7 +606,7 @@ fn sweeper_restarts_after_a_runtime_that_never_ran_it() {
 // 7. expire_after(Duration::MAX).
 // ---------------------------------------------------------------------------
 
-/// ARCHITECTURE.md "Lifecycle: stale buckets are dropped": `expire_after(Duration::MAX)` never overflows.
+/// ARCHITECTURE.md §7.2: `expire_after(Duration::MAX)` never overflows.
 #[tokio::test(start_paused = true)]
 async fn expire_after_max_never_panics() {
     let h = Harness::start(

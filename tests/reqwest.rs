@@ -73,7 +73,7 @@ fn assert_one_quota(sim: &Handle, n: usize) {
     assert_eq!(sim.max_per_window(CHANNEL_1), 5);
 }
 
-/// ARCHITECTURE.md "Acquire" through the reqwest middleware: 20 concurrent sends to a
+/// ARCHITECTURE.md §2.2 through the reqwest middleware: 20 concurrent sends to a
 /// channel allowing 5 per window all succeed, without a 429, at most 5 per
 /// window.
 #[tokio::test(start_paused = true)]
@@ -98,7 +98,7 @@ async fn middleware_client_sends_20_concurrent_requests_without_a_429() {
     assert!(t0.elapsed() >= Duration::from_secs(15));
 }
 
-/// ARCHITECTURE.md "Observe": the middleware attaches what it learned to the
+/// ARCHITECTURE.md §2.4: the middleware attaches what it learned to the
 /// response as a `RateLimitInfo` extension.
 #[tokio::test(start_paused = true)]
 async fn middleware_attaches_rate_limit_info() {
@@ -128,7 +128,7 @@ async fn middleware_attaches_rate_limit_info() {
     assert!(info.too_many_requests.is_none());
 }
 
-/// ARCHITECTURE.md "Observe": the middleware reads a 429's body and hands the caller
+/// ARCHITECTURE.md §2.4: the middleware reads a 429's body and hands the caller
 /// the same bytes, with `RateLimitInfo` and the request's URL still on the
 /// response (a JSON 429 and a Cloudflare page alike).
 #[tokio::test(start_paused = true)]
@@ -223,7 +223,7 @@ async fn middleware_limiter_errors_are_middleware_errors() {
     assert_eq!(sim.requests().len(), 1, "the second request was sent");
 }
 
-/// ARCHITECTURE.md "Lifecycle: one limiter can be shared": a hyper tower stack and a
+/// ARCHITECTURE.md §7.1: a hyper tower stack and a
 /// reqwest middleware client on one `Limiter`, interleaved on one channel,
 /// keep one quota: no 429, at most 5 per window.
 #[tokio::test(start_paused = true)]
@@ -309,7 +309,7 @@ where
     (status, body.to_bytes(), info)
 }
 
-/// ARCHITECTURE.md "The request path" with a plain `reqwest::Client` under the tower
+/// ARCHITECTURE.md §2 with a plain `reqwest::Client` under the tower
 /// layer (through `service_fn` and the `http` conversions): 20 concurrent
 /// sends, no 429, at most 5 per window, `RateLimitInfo` on every response.
 #[tokio::test(start_paused = true)]

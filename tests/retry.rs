@@ -1,7 +1,7 @@
 //! `retry::RetryPolicy` outside the `RateLimitLayer`
 //! (`ServiceBuilder::new().retry(RetryPolicy::default()).layer(RateLimitLayer::new())`),
 //! over real HTTP to the simulated Discord server with tokio's paused clock:
-//! which answers are retried (ARCHITECTURE.md "Bucket rules": retryable 429s, never
+//! which answers are retried (ARCHITECTURE.md §4: retryable 429s, never
 //! a Cloudflare 429 nor one without `retry_after`; server and connection
 //! errors with back-off), how often, and after how long.
 //!
@@ -128,7 +128,7 @@ fn user_429(hold: u64) -> Override {
 // 429s.
 // ---------------------------------------------------------------------------
 
-/// ARCHITECTURE.md "429 with scope user": a 429 with a known `retry_after` is retried,
+/// ARCHITECTURE.md §4.7: a 429 with a known `retry_after` is retried,
 /// and the retry reaches the server once the limiter's hold is over; the
 /// policy adds no wait of its own (the gap is the hold, neither a back-off
 /// nor twice the hold).
@@ -159,7 +159,7 @@ async fn user_429_is_retried_after_exactly_the_hold() {
     }
 }
 
-/// ARCHITECTURE.md "429 with global: true": a global 429 is retried once the global
+/// ARCHITECTURE.md §5.1: a global 429 is retried once the global
 /// throttle is over, and only then; again no second wait.
 #[tokio::test(start_paused = true)]
 async fn global_429_is_retried_after_exactly_the_hold() {
@@ -180,7 +180,7 @@ async fn global_429_is_retried_after_exactly_the_hold() {
     assert_eq!(gaps(&h.arrivals()), [secs(3.0)], "retried after the hold");
 }
 
-/// ARCHITECTURE.md "A 429 that is not JSON (a Cloudflare page) ... is never retried
+/// ARCHITECTURE.md §4.9: "A 429 that is not JSON (a Cloudflare page) ... is never retried
 /// in a loop": the caller gets the Cloudflare 429 after a single attempt.
 #[tokio::test(start_paused = true)]
 async fn cloudflare_429_is_not_retried() {
@@ -197,7 +197,7 @@ async fn cloudflare_429_is_not_retried() {
     assert_eq!(h.net.attempts().len(), 1);
 }
 
-/// ARCHITECTURE.md "... or JSON without `retry_after`, is passed to the caller marked
+/// ARCHITECTURE.md §4.9: "... or JSON without `retry_after`, is passed to the caller marked
 /// as such; it is never retried in a loop".
 #[tokio::test(start_paused = true)]
 async fn json_429_without_retry_after_is_not_retried() {
@@ -416,7 +416,7 @@ async fn connection_errors_are_retried_other_errors_are_not() {
     }
 }
 
-/// ARCHITECTURE.md "Errors" + RetryPolicy: the limiter's own `Error::RateLimitTooLong`
+/// ARCHITECTURE.md §10 + RetryPolicy: the limiter's own `Error::RateLimitTooLong`
 /// is not retried: after a 429 holding the bucket past `max_rate_limit`, the
 /// retry fails at once in the limiter and the caller gets that error, with no
 /// back-off and no further attempt.

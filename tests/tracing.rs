@@ -1,4 +1,4 @@
-//! What the layer logs (ARCHITECTURE.md "Vocabulary": the raw token is never
+//! What the layer logs (ARCHITECTURE.md §1: the raw token is never
 //! logged; "Bucket rules": malformed values are logged at debug level), seen
 //! through a tiny hand-written `tracing::Subscriber` that records every event
 //! (and span) as text.
@@ -193,7 +193,7 @@ fn assert_event(lines: &[String], message: &str, parts: &[&str]) {
     );
 }
 
-/// ARCHITECTURE.md "Bucket rules" ("logged at debug level"): bucket learned and created, remapped, waits, 429s and malformed values each emit a debug event.
+/// ARCHITECTURE.md §4 ("logged at debug level"): bucket learned and created, remapped, waits, 429s and malformed values each emit a debug event.
 #[tokio::test(start_paused = true)]
 async fn debug_events_for_buckets_waits_and_429s() {
     let lines = record_a_session().await;
@@ -244,7 +244,7 @@ async fn debug_events_for_buckets_waits_and_429s() {
     );
 }
 
-/// ARCHITECTURE.md "Vocabulary: Authentication hash": no event shows the bot token or a webhook or interaction token.
+/// ARCHITECTURE.md §1: no event shows the bot token or a webhook or interaction token.
 #[tokio::test(start_paused = true)]
 async fn no_event_shows_a_bot_or_webhook_token() {
     let lines = record_a_session().await;
