@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use support::{steps, Frames, Step};
+use http::{Request, Response};
+use support::{create_message, steps, user_429, Frames, Step};
 use tower::{Layer, ServiceExt};
 use tower_rest_ratelimit::RateLimitLayer;
 
@@ -69,22 +69,9 @@ fn setup(
     let body = Arc::new(Mutex::new(Some(body)));
     let server = tower::service_fn(move |_req: Request<()>| {
         let body = body.lock().unwrap().take().unwrap_or_default();
-        async move {
-            let response = Response::builder()
-                .status(StatusCode::TOO_MANY_REQUESTS)
-                .header("x-ratelimit-scope", "user")
-                .header("retry-after", "1")
-                .body(body)
-                .unwrap();
-            Ok::<_, Infallible>(response)
-        }
+        async move { Ok::<_, Infallible>(user_429(body)) }
     });
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri("https://discord.test/api/v10/channels/1/messages")
-        .header("authorization", "Bot a")
-        .body(())
-        .unwrap();
+    let req = create_message();
     (RateLimitLayer::new().layer(server), req)
 }
 

@@ -8,8 +8,8 @@ mod support;
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
-use support::{limited_body, steps, FrameError, Frames, Step};
+use http::{HeaderMap, Request};
+use support::{create_message, limited_body, steps, user_429, FrameError, Frames, Step};
 use tower::{Layer, ServiceExt};
 use tower_rest_ratelimit::{RateLimitInfo, RateLimitLayer};
 
@@ -42,23 +42,10 @@ fn trailers() -> HeaderMap {
 async fn through_layer(body: Vec<Step>) -> (RateLimitInfo, Vec<Step>) {
     let server = tower::service_fn(move |_req: Request<()>| {
         let body = Frames::new(body.clone());
-        async move {
-            let response = Response::builder()
-                .status(StatusCode::TOO_MANY_REQUESTS)
-                .header("x-ratelimit-scope", "user")
-                .header("retry-after", "1")
-                .body(body)
-                .unwrap();
-            Ok::<_, Infallible>(response)
-        }
+        async move { Ok::<_, Infallible>(user_429(body)) }
     });
     let svc = RateLimitLayer::new().layer(server);
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri("https://discord.test/api/v10/channels/1/messages")
-        .header("authorization", "Bot a")
-        .body(())
-        .unwrap();
+    let req = create_message();
     let response = svc.oneshot(req).await.expect("a response");
     let info = response
         .extensions()
@@ -235,19 +222,10 @@ fn endless_empty_frames_end_the_read() {
             .build()
             .unwrap();
         let server = tower::service_fn(|_req: Request<()>| async {
-            let response = Response::builder()
-                .status(StatusCode::TOO_MANY_REQUESTS)
-                .header("x-ratelimit-scope", "user")
-                .header("retry-after", "1")
-                .body(EmptyFrames)
-                .unwrap();
-            Ok::<_, Infallible>(response)
+            Ok::<_, Infallible>(user_429(EmptyFrames))
         });
         let svc = RateLimitLayer::new().layer(server);
-        let req = Request::post("https://discord.test/api/v10/channels/1/messages")
-            .header("authorization", "Bot a")
-            .body(())
-            .unwrap();
+        let req = create_message();
         let response = rt.block_on(svc.oneshot(req)).expect("a response");
         let info = response.extensions().get::<RateLimitInfo>().cloned();
         let _ = tx.send(info);

@@ -94,3 +94,22 @@ where
     }
     out
 }
+
+/// A user 429 (`Retry-After: 1`) whose body is `body`, as the in-process
+/// servers of the body tests answer.
+pub fn user_429<B>(body: B) -> http::Response<B> {
+    http::Response::builder()
+        .status(http::StatusCode::TOO_MANY_REQUESTS)
+        .header("x-ratelimit-scope", "user")
+        .header("retry-after", "1")
+        .body(body)
+        .expect("valid response")
+}
+
+/// "Create message" in channel 1, without a body.
+pub fn create_message() -> http::Request<()> {
+    http::Request::post("https://discord.test/api/v10/channels/1/messages")
+        .header("authorization", "Bot a")
+        .body(())
+        .expect("valid request")
+}

@@ -49,7 +49,7 @@ use tokio::time::Instant;
 #[allow(unused_imports)]
 pub use self::clock::{gaps, settle, tick_clock, within, HANG, TICK};
 #[allow(unused_imports)]
-pub use self::frames::{steps, FrameError, Frames, Step};
+pub use self::frames::{create_message, steps, user_429, FrameError, Frames, Step};
 #[allow(unused_imports)]
 pub use self::log::{BucketKey, LoggedRequest, Scope, WindowCount};
 #[allow(unused_imports)]
