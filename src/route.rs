@@ -22,10 +22,9 @@
 //! assert_eq!(mine, compiled);
 //! ```
 
-use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use http::{Method, Uri};
 
@@ -113,6 +112,12 @@ impl Major {
     pub fn has_secret(&self) -> bool {
         self.secret.is_some()
     }
+
+    /// The hash of the secret part, if any: the same in every process (a
+    /// keyed BLAKE3 fingerprint), for a store that names keys by it.
+    pub fn secret_hash(&self) -> Option<u64> {
+        self.secret
+    }
 }
 
 impl fmt::Debug for Major {
@@ -188,11 +193,10 @@ impl CompiledRoute {
     }
 
     /// Adds a secret major parameter (a webhook token), kept only as a hash
-    /// keyed at random once per process, and never shown.
+    /// (the same in every process, so that a store shared between
+    /// processes keys its buckets alike), and never shown.
     pub fn with_secret_major(mut self, secret: &str) -> Self {
-        static KEYS: OnceLock<RandomState> = OnceLock::new();
-        let keys = KEYS.get_or_init(RandomState::new);
-        self.major.secret = Some(keys.hash_one(secret));
+        self.major.secret = Some(crate::store::fingerprint::webhook_token(secret));
         self
     }
 

@@ -44,7 +44,8 @@ use wait::{acquire_later, wait_pass, wait_turn, Asking, Queues};
 /// authentications by. The raw token is never stored.
 ///
 /// Hashes are keyed per limiter: they are stable for one [`Limiter`] and
-/// mean nothing outside it.
+/// mean nothing outside it, unless its store asks for a
+/// [`Fingerprint`](crate::store::Fingerprint), the same in every process.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AuthHash(pub(crate) u64);
 
@@ -125,6 +126,9 @@ struct Shared {
     closed: AtomicBool,
     close: Arc<Notify>,
     hasher: RandomState,
+    /// The store's fingerprint, when it wants authentications hashed alike
+    /// in every process (ARCHITECTURE.md §9.5).
+    fingerprint: Option<crate::store::Fingerprint>,
     sweeper: AtomicBool,
     /// The store, when it is the default memory store: called directly,
     /// its answers neither wrapped nor dispatched (the fast path; the same
@@ -281,11 +285,12 @@ impl Limiter {
             shared: Arc::new(Shared {
                 memory: config.store.is_none().then_some(memory),
                 config,
-                store,
                 queues: Queues::default(),
                 closed: AtomicBool::new(false),
                 close: Arc::new(Notify::new()),
                 hasher: RandomState::new(),
+                fingerprint: store.fingerprint().cloned(),
+                store,
                 sweeper: AtomicBool::new(false),
             }),
         }
@@ -315,7 +320,10 @@ impl Limiter {
     /// The hash this limiter keys an `Authorization` value by.
     pub fn auth_hash(&self, authorization: Option<&HeaderValue>) -> AuthHash {
         let bytes = authorization.map_or(&[][..], HeaderValue::as_bytes);
-        AuthHash(self.shared.hasher.hash_one(bytes))
+        match &self.shared.fingerprint {
+            None => AuthHash(self.shared.hasher.hash_one(bytes)),
+            Some(fingerprint) => AuthHash(fingerprint.of(bytes)),
+        }
     }
 
     /// Invalid requests (401, 403, 429 but `shared`) made with this

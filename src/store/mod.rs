@@ -100,6 +100,9 @@ use crate::limiter::AuthHash;
 use crate::route::{CompiledRoute, Major, Route};
 
 pub use crate::limiter::MemoryStore;
+pub use fingerprint::Fingerprint;
+
+pub(crate) mod fingerprint;
 
 /// What a bucket is known by: its hash once learned, its route until then
 /// (an unknown bucket, ARCHITECTURE.md §1).
@@ -741,4 +744,12 @@ pub trait Store: Send + Sync + 'static {
     /// Drops state no longer needed (ARCHITECTURE.md §7.2); returns how
     /// many buckets were dropped.
     fn sweep(&self, call: Call<'_>) -> usize;
+
+    /// How the limiter should hash authentications for this store: `None`
+    /// (the default), with its own fast hash keyed at random in each
+    /// process; a [`Fingerprint`], the same in every process, for a store
+    /// shared between processes (ARCHITECTURE.md §9.5).
+    fn fingerprint(&self) -> Option<&Fingerprint> {
+        None
+    }
 }
