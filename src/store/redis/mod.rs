@@ -6,7 +6,7 @@
 //! `release`, `pass` and `end_pass`. Waits come back relative, so no clock
 //! is ever mapped. Every key written gets a TTL in the same script.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 use tokio::time::Instant;
 
 use super::{
@@ -219,6 +219,7 @@ impl RedisStoreBuilder {
                 round_trips: AtomicU64::new(0),
                 local: Mutex::new(Local::default()),
                 in_flight: AtomicUsize::new(0),
+                writes: Writes::default(),
             }),
         })
     }
@@ -307,6 +308,18 @@ struct Inner {
     round_trips: AtomicU64,
     local: Mutex<Local>,
     in_flight: AtomicUsize,
+    writes: Writes,
+}
+
+/// Writes (`record`, `release`, `end_pass`, `extend_429`) under way in the
+/// background: the caller has its response without waiting for them, and
+/// every call issued after one waits for it first, so that this process
+/// asks Redis in the order it learned (ARCHITECTURE.md §9.10).
+#[derive(Debug, Default)]
+struct Writes {
+    next: AtomicU64,
+    open: Mutex<BTreeSet<u64>>,
+    done: Notify,
 }
 
 /// A reply of the script: integers and strings.
@@ -343,6 +356,71 @@ fn opt(n: Option<u32>) -> i64 {
 impl Inner {
     fn local(&self) -> MutexGuard<'_, Local> {
         self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs a write in the background, in order after every call issued
+    /// before it; on no runtime, hands it to the caller to drive.
+    fn write(
+        self: &Arc<Self>,
+        op: &'static str,
+        auth: AuthHash,
+        args: Vec<String>,
+    ) -> StoreFuture<'static, ()> {
+        let seq = self.writes.next.fetch_add(1, Ordering::AcqRel);
+        let inner = Arc::clone(self);
+        let write = async move {
+            inner.settled(seq).await;
+            if let Ok(reply) = inner.run(auth, op, args).await {
+                if op != "extend_429" {
+                    inner.learn_invalid(auth, int(&reply, 0), int(&reply, 1));
+                }
+            }
+            inner
+                .writes
+                .open
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&seq);
+            inner.writes.done.notify_waiters();
+        };
+        self.writes
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(seq);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(write);
+                StoreFuture::ready(())
+            }
+            Err(_) => StoreFuture::boxed(write),
+        }
+    }
+
+    /// Waits until every write issued before `upto` is done (each bounded
+    /// by the call timeout).
+    async fn settled(&self, upto: u64) {
+        loop {
+            let notified = self.writes.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let first = self
+                .writes
+                .open
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .first()
+                .copied();
+            if first.is_none_or(|first| first >= upto) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits for every write issued so far.
+    async fn writes_done(&self) {
+        self.settled(self.writes.next.load(Ordering::Acquire)).await;
     }
 
     fn next_id(&self) -> u64 {
@@ -425,13 +503,17 @@ impl Inner {
             .conn
             .get_or_try_init(|| async {
                 let mut config = ConnectionManagerConfig::new().set_number_of_retries(1);
-                if self.clock.is_none() {
-                    config = config
+                config = match self.clock {
+                    None => config
                         .set_connection_timeout(Some(self.timeout))
                         .set_response_timeout(Some(self.timeout))
                         .set_min_delay(MIN_BACKOFF)
-                        .set_max_delay(MAX_BACKOFF);
-                }
+                        .set_max_delay(MAX_BACKOFF),
+                    // No timer at all: a paused clock would jump to it.
+                    Some(_) => config
+                        .set_connection_timeout(None)
+                        .set_response_timeout(None),
+                };
                 ConnectionManager::new_lazy_with_config(self.client.clone(), config)
             })
             .await
@@ -549,6 +631,7 @@ impl RedisStore {
             millis(inner.lease_ttl).to_string(),
             millis(policy.expire_after).to_string(),
         ];
+        inner.writes_done().await;
         let reply = inner
             .run(auth, "acquire", args)
             .await
@@ -711,6 +794,7 @@ impl Store for RedisStore {
                 id.to_string(),
                 millis(inner.lease_ttl).to_string(),
             ];
+            inner.writes_done().await;
             let reply = match inner.run(auth, "pass", args).await {
                 Ok(reply) => reply,
                 Err(why) => return self.on_failure(inner.unavailable(&why), fallback),
@@ -746,6 +830,14 @@ impl Store for RedisStore {
         }
         inner.in_flight.fetch_sub(1, Ordering::Relaxed);
         let auth = lease.key().auth();
+        if let Some(hash) = facts.bucket {
+            // The key this process's next requests of the route queue at.
+            let mut local = inner.local();
+            let known = (lease.route().clone(), auth);
+            if local.routes.get(&known).is_none_or(|h| **h != *hash) {
+                local.routes.insert(known, Arc::from(hash));
+            }
+        }
         let mut args = vec![
             lease.route().to_string(),
             inner.major(lease.key().major()),
@@ -758,13 +850,7 @@ impl Store for RedisStore {
             millis(call.policy.expire_after).to_string(),
         ];
         facts_args(&mut args, facts);
-        let store = self.clone();
-        StoreFuture::boxed(async move {
-            let inner = &*store.inner;
-            if let Ok(reply) = inner.run(auth, "record", args).await {
-                inner.learn_invalid(auth, int(&reply, 0), int(&reply, 1));
-            }
-        })
+        self.inner.write("record", auth, args)
     }
 
     fn release(&self, lease: Lease, sent: bool, call: Call<'_>) -> StoreFuture<'static, ()> {
@@ -790,11 +876,8 @@ impl Store for RedisStore {
             call.policy.global_per_second.unwrap_or(0).to_string(),
             millis(call.policy.expire_after).to_string(),
         ];
-        let store = self.clone();
-        StoreFuture::boxed(async move {
-            // Unreachable: the lease expires in Redis by itself.
-            let _ = store.inner.run(auth, "release", args).await;
-        })
+        // Unreachable, the lease expires in Redis by itself.
+        self.inner.write("release", auth, args)
     }
 
     fn end_pass(
@@ -833,13 +916,7 @@ impl Store for RedisStore {
             Some(facts) => facts_args(&mut args, facts),
             None => facts_args(&mut args, &ResponseFacts::new(http::StatusCode::OK)),
         }
-        let store = self.clone();
-        StoreFuture::boxed(async move {
-            let inner = &*store.inner;
-            if let Ok(reply) = inner.run(auth, "end_pass", args).await {
-                inner.learn_invalid(auth, int(&reply, 0), int(&reply, 1));
-            }
-        })
+        self.inner.write("end_pass", auth, args)
     }
 
     fn extend_429(
@@ -865,10 +942,7 @@ impl Store for RedisStore {
             call.policy.global_per_second.unwrap_or(0).to_string(),
         ];
         facts_args(&mut args, facts);
-        let store = self.clone();
-        StoreFuture::boxed(async move {
-            let _ = store.inner.run(auth, "extend_429", args).await;
-        })
+        self.inner.write("extend_429", auth, args)
     }
 
     fn stats(&self, call: Call<'_>) -> StoreStats {
