@@ -5,6 +5,16 @@
 //! ```text
 //! cargo run --example demo
 //! ```
+//!
+//! With `--redis <url>` (and the `redis` feature), the tasks are split
+//! between four independent limiters, as four processes would be, that share
+//! their limits through Redis; with `--memory`, between four limiters that
+//! share nothing, to show the 429s that sharing prevents:
+//!
+//! ```text
+//! cargo run --example demo --features redis -- --redis redis://127.0.0.1:6379
+//! cargo run --example demo -- --memory
+//! ```
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -16,10 +26,74 @@ use http::Method;
 use support::{client, request, sim_with_messages};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_rest_ratelimit::{RateLimitInfo, RateLimitLayer};
+use tower_rest_ratelimit::{Limiter, RateLimitInfo, RateLimitLayer};
 
 const TASKS: usize = 30;
 const PER_TASK: usize = 10;
+/// Limiters (as processes would be) with `--redis` or `--memory`.
+const LIMITERS: usize = 4;
+
+/// The limiters the tasks share out: one, four sharing a Redis store, or
+/// four sharing nothing.
+async fn limiters() -> Result<Vec<Limiter>, tower::BoxError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => Ok(vec![RateLimitLayer::new().limiter().clone()]),
+        Some("--memory") => {
+            println!(
+                "{LIMITERS} limiters that share nothing (as {LIMITERS} processes without Redis):"
+            );
+            Ok((0..LIMITERS)
+                .map(|_| Limiter::builder().build_limiter())
+                .collect())
+        }
+        Some("--redis") => {
+            let url = args.get(1).map_or("redis://127.0.0.1:6379", String::as_str);
+            redis_limiters(url).await
+        }
+        Some(other) => {
+            Err(format!("unknown argument {other:?}: use --redis <url> or --memory").into())
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn redis_limiters(url: &str) -> Result<Vec<Limiter>, tower::BoxError> {
+    use std::sync::Arc;
+    use tower_rest_ratelimit::store::RedisStore;
+
+    // Is anyone there? The store itself would fail open, quietly here.
+    let reachable = async {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(Duration::from_secs(2), reachable).await {
+        Ok(Ok(_)) => {}
+        _ => {
+            return Err(format!(
+                "no Redis answers at {url}. Start one with\n    \
+                 redis-server --port 6379 --save '' --appendonly no\n\
+                 (Debian and Ubuntu: apt-get install redis-server), or pass its URL: --redis redis://host:port"
+            )
+            .into())
+        }
+    }
+    // A prefix of this run alone: limits of earlier runs do not count.
+    let prefix = format!("demo-{}", std::process::id());
+    println!("{LIMITERS} limiters that share their limits through Redis at {url}:");
+    let mut limiters = Vec::new();
+    for _ in 0..LIMITERS {
+        let store = RedisStore::builder(url).prefix(prefix.as_str()).build()?;
+        limiters.push(Limiter::builder().store(Arc::new(store)).build_limiter());
+    }
+    Ok(limiters)
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_limiters(_url: &str) -> Result<Vec<Limiter>, tower::BoxError> {
+    Err("--redis needs the redis feature: cargo run --example demo --features redis -- --redis <url>".into())
+}
 
 #[tokio::main]
 async fn main() -> Result<(), tower::BoxError> {
@@ -29,9 +103,15 @@ async fn main() -> Result<(), tower::BoxError> {
     let (sim, addr) = sim_with_messages(5, Duration::from_secs(1))
         .latency(Duration::from_millis(20))
         .start();
-    let layer = RateLimitLayer::new();
-    let limiter = layer.limiter().clone();
-    let discord = ServiceBuilder::new().layer(layer).service(client());
+    let limiters = limiters().await?;
+    let clients: Vec<_> = limiters
+        .iter()
+        .map(|limiter| {
+            ServiceBuilder::new()
+                .layer(RateLimitLayer::with_limiter(limiter.clone()))
+                .service(client())
+        })
+        .collect();
 
     println!(
         "{TASKS} tasks send {} requests to a simulated Discord at {addr} ...",
@@ -40,7 +120,7 @@ async fn main() -> Result<(), tower::BoxError> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for task in 0..TASKS {
-        let mut discord = discord.clone();
+        let mut discord = clients[task % clients.len()].clone();
         let base = addr.to_string();
         tasks.push(tokio::spawn(async move {
             let mut waits = Vec::new();
@@ -107,9 +187,14 @@ async fn main() -> Result<(), tower::BoxError> {
     println!("requests that waited:    {waited} (longest {longest:.2?})");
     println!("most in any 1 s (global): {global} (limit 50)");
     println!("429s from the server:    {}", sim.count_429());
-    println!("limiter:                 {:?}", limiter.stats());
+    for limiter in &limiters {
+        println!("limiter:                 {:?}", limiter.stats());
+    }
     println!("took {elapsed:.2?}");
-    if sim.count_429() != 0 {
+    let share_nothing = std::env::args().nth(1).as_deref() == Some("--memory");
+    if share_nothing {
+        println!("(limiters that share nothing each spend the whole quota: the 429s above are what --redis prevents)");
+    } else if sim.count_429() != 0 {
         return Err("the server answered 429".into());
     }
     Ok(())

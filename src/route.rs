@@ -23,7 +23,6 @@
 //! ```
 
 use std::fmt;
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use http::{Method, Uri};

@@ -117,6 +117,10 @@ pub struct Stats {
     /// minutes: what Discord's per-IP ban counts, and what
     /// [`Builder::invalid_request_ceiling_total`] bounds.
     pub invalid_requests_total: u32,
+    /// The store cannot be reached: a store shared between processes fails
+    /// open (limits kept in this process alone) or closed (requests fail
+    /// with [`Error::StoreUnavailable`]) until it is back.
+    pub store_degraded: bool,
 }
 
 struct Shared {
@@ -346,6 +350,7 @@ impl Limiter {
             throttled: c.throttled,
             invalid_requests: c.invalid_requests,
             invalid_requests_total: c.invalid_requests_total,
+            store_degraded: c.degraded,
         }
     }
 

@@ -90,6 +90,9 @@ mod tests {
 
     #[test]
     fn debug_shows_no_key() {
-        assert_eq!(format!("{:?}", Fingerprint::new(b"secret")), "Fingerprint(..)");
+        assert_eq!(
+            format!("{:?}", Fingerprint::new(b"secret")),
+            "Fingerprint(..)"
+        );
     }
 }

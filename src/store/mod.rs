@@ -103,6 +103,10 @@ pub use crate::limiter::MemoryStore;
 pub use fingerprint::Fingerprint;
 
 pub(crate) mod fingerprint;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
 
 /// What a bucket is known by: its hash once learned, its route until then
 /// (an unknown bucket, ARCHITECTURE.md §1).
@@ -571,6 +575,9 @@ pub struct StoreStats {
     pub invalid_requests: Vec<(AuthHash, u32)>,
     /// Invalid requests of every authentication in the last ten minutes.
     pub invalid_requests_total: u32,
+    /// The store cannot be reached now (a remote store failing open or
+    /// closed).
+    pub degraded: bool,
 }
 
 /// A store's failure.
