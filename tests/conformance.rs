@@ -27,6 +27,8 @@ macro_rules! conformance {
                 answers_only_lower_remaining_within_a_window,
                 a_later_window_starts_anew,
                 a_late_answer_of_a_refilled_window_is_ignored,
+                a_very_late_answer_never_raises_remaining,
+                a_far_future_window_id_is_not_believed,
                 a_changed_limit_clamps_remaining,
                 a_new_hash_remaps_the_route,
                 a_user_429_holds_then_refills,

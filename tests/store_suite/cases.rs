@@ -201,6 +201,13 @@ pub async fn a_new_hash_remaps_the_route(h: &mut Harness) {
         hash_key("b", &r, A),
         "not remapped back to a, which has slots left"
     );
+
+    // At b's reset, its refill counts the 6 granted under it and the one
+    // carried there still in flight (§4.3).
+    h.advance(secs(5)).await;
+    let (refilled, next) = h.drain(&r, A, 10).await;
+    assert_eq!(refilled.len(), 3, "10 less the 7 in flight");
+    waits_for_an_answer(next, Bucket);
 }
 
 /// ARCHITECTURE.md §4.7: a `user` 429 holds the bucket for the larger of
@@ -301,7 +308,11 @@ pub async fn newcomers_wait_behind_the_queue(h: &mut Harness) {
     let r = channel(1);
     let probe = granted(h.acquire(&r, A).await);
     h.record(probe, &h.ok("h", 5, 4, secs(5))).await;
+    // A grant under the bucket's hash, as the head of a queue there
+    // would have had.
+    let first = granted(h.acquire(&r, A).await);
     let key = hash_key("h", &r, A);
+    assert_eq!(first.key(), &key);
     h.waiters.set_queued(&key, true);
     assert_eq!(waits_for_an_answer(h.acquire(&r, A).await, Bucket), key);
     granted(h.acquire_as_head(&r, A, Some(&key), false).await);
@@ -531,4 +542,51 @@ pub async fn an_unanswered_lease_expires(h: &mut Harness) {
     // The lost lease, answered at last, spoils nothing: the bucket it
     // names is learned.
     h.record(probe, &h.ok("h", 5, 4, secs(5))).await;
+}
+
+/// ARCHITECTURE.md §4.4: an answer of the current window that comes later
+/// than the id tolerance (2 s) places its reset late; its id says it is
+/// the current window: it only lowers `remaining`, never raises it.
+pub async fn a_very_late_answer_never_raises_remaining(h: &mut Harness) {
+    let r = channel(1);
+    let probe = granted(h.acquire(&r, A).await);
+    let first = h.ok("h", 3, 2, secs(5));
+    let window = first.window;
+    h.record(probe, &first).await;
+    let late = granted(h.acquire(&r, A).await);
+    let other = granted(h.acquire(&r, A).await);
+    h.record(other, &h.ok("h", 3, 0, secs(5))).await;
+
+    h.advance(secs(3)).await;
+    let mut answer = h.ok("h", 3, 1, secs(5));
+    answer.window = window;
+    h.record(late, &answer).await;
+    waits_about(h.acquire(&r, A).await, Bucket, secs(5));
+}
+
+/// ARCHITECTURE.md §4.4: one answer whose window id lies far ahead of its
+/// own reset is not believed: the current window's answers still lower
+/// `remaining`, and the next window's still start it.
+pub async fn a_far_future_window_id_is_not_believed(h: &mut Harness) {
+    let r = channel(1);
+    let probe = granted(h.acquire(&r, A).await);
+    let mut far = h.ok("h", 5, 4, secs(1));
+    far.window = Some(9_999_999_999_000);
+    h.record(probe, &far).await;
+    let a = granted(h.acquire(&r, A).await);
+    h.record(a, &h.ok("h", 5, 2, secs(1))).await;
+    let (leases, next) = h.drain(&r, A, 5).await;
+    assert_eq!(leases.len(), 2, "the current window's answer counts");
+    waits_about(next, Bucket, secs(1));
+    for lease in leases {
+        h.record(lease, &h.ok("h", 5, 0, secs(1))).await;
+    }
+
+    h.advance(secs(1)).await;
+    let mut next_window = h.take(&r, A, 3).await;
+    h.record(next_window.remove(0), &h.ok("h", 5, 3, secs(1)))
+        .await;
+    let (leases, next) = h.drain(&r, A, 5).await;
+    assert_eq!(leases.len(), 1, "3 left less the 2 in flight");
+    waits_about(next, Bucket, secs(1));
 }
