@@ -64,3 +64,99 @@ macro_rules! conformance {
 }
 
 conformance!(memory, || async { Some(Harness::memory()) });
+
+#[cfg(feature = "redis")]
+conformance!(
+    redis,
+    || async { redis_store::harness().await },
+    leases: [an_unanswered_lease_expires],
+);
+
+/// The Redis instance: a `RedisStore` on tokio's clock (its test mode),
+/// failing closed so that an unreachable Redis fails a case rather than
+/// passing it on the embedded memory store, under a prefix of its own per
+/// case; after the case, every key under the prefix must have a TTL.
+#[cfg(feature = "redis")]
+mod redis_store {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ::redis::AsyncCommands;
+    use tower_rest_ratelimit::store::RedisStore;
+
+    use super::store_suite::Harness;
+
+    /// Longer than any case keeps a lease in flight (5 s at most), short
+    /// enough for the lease case to wait out on the paused clock.
+    const LEASE_TTL: Duration = Duration::from_secs(10);
+
+    /// The Redis to test against: `REDIS_URL`, or none (the case is
+    /// skipped). Replaceable by a server the tests start themselves.
+    fn redis_url() -> Option<String> {
+        let url = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
+        if url.is_none() {
+            eprintln!("REDIS_URL is not set: the Redis store's case is skipped");
+        }
+        url
+    }
+
+    /// A prefix no other case (of this run or another) uses.
+    fn unique_prefix() -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!(
+            "conformance-{}-{nanos}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    pub async fn harness() -> Option<Harness> {
+        let url = redis_url()?;
+        let prefix = unique_prefix();
+        let store = RedisStore::builder(&url)
+            .prefix(prefix.clone())
+            .test_clock(true)
+            .fail_closed()
+            .lease_ttl(LEASE_TTL)
+            .build()
+            .expect("a Redis store");
+        Some(
+            Harness::new(Arc::new(store))
+                .with_lease_ttl(LEASE_TTL)
+                .after_case(Box::new(move || Box::pin(every_key_expires(url, prefix)))),
+        )
+    }
+
+    /// ARCHITECTURE.md §9.6 (and the store's own promise): every key the
+    /// store wrote under `prefix` has a TTL, so nothing it leaves lives
+    /// forever. The keys are deleted after.
+    async fn every_key_expires(url: String, prefix: String) {
+        let client = ::redis::Client::open(url.as_str()).expect("a Redis URL");
+        // No timer of the client's own: the clock is paused.
+        let config = ::redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(None)
+            .set_response_timeout(None);
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .expect("a connection to Redis");
+        let pattern = format!("{prefix}:*");
+        // A Redis of tests: KEYS is fine.
+        let keys: Vec<String> = conn.keys(&pattern).await.expect("KEYS");
+        assert!(!keys.is_empty(), "the case wrote no key under {prefix}");
+        let mut forever = Vec::new();
+        for key in &keys {
+            let ttl: i64 = conn.pttl(key).await.expect("PTTL");
+            // -1: no TTL; -2: gone since the scan.
+            if ttl == -1 {
+                forever.push(key.clone());
+            }
+        }
+        let _: i64 = conn.del(&keys).await.expect("DEL");
+        assert!(forever.is_empty(), "keys without a TTL: {forever:?}");
+    }
+}
