@@ -360,17 +360,26 @@ impl Inner {
 
     /// Runs a write in the background, in order after every call issued
     /// before it; on no runtime, hands it to the caller to drive.
+    ///
+    /// "now" is the time of the call, not of the run: on the test clock
+    /// taken now; on Redis' clock, the age of the answer (`args[age.0]`,
+    /// from `age.1`) is measured when the write runs.
     fn write(
         self: &Arc<Self>,
         op: &'static str,
         auth: AuthHash,
-        args: Vec<String>,
+        mut args: Vec<String>,
+        age: Option<(usize, Instant)>,
     ) -> StoreFuture<'static, ()> {
         let seq = self.writes.next.fetch_add(1, Ordering::AcqRel);
         let inner = Arc::clone(self);
+        let now = self.now_arg();
         let write = async move {
             inner.settled(seq).await;
-            if let Ok(reply) = inner.run(auth, op, args).await {
+            if let (Some((at, received)), None) = (age, inner.clock) {
+                args[at] = millis(Instant::now().saturating_duration_since(received)).to_string();
+            }
+            if let Ok(reply) = inner.run_at(auth, op, now, args).await {
                 if op != "extend_429" {
                     inner.learn_invalid(auth, int(&reply, 0), int(&reply, 1));
                 }
@@ -523,6 +532,17 @@ impl Inner {
 
     /// Runs the script: `op`, with `args` after "now".
     async fn run(&self, auth: AuthHash, op: &str, args: Vec<String>) -> Result<Reply, String> {
+        self.run_at(auth, op, self.now_arg(), args).await
+    }
+
+    /// Runs the script as of `now` (see [`now_arg`](Self::now_arg)).
+    async fn run_at(
+        &self,
+        auth: AuthHash,
+        op: &str,
+        now: String,
+        args: Vec<String>,
+    ) -> Result<Reply, String> {
         let call = async {
             let mut conn = self.connection().await?;
             let mut invocation = self.script.prepare_invoke();
@@ -530,7 +550,7 @@ impl Inner {
                 .key(self.base(auth))
                 .key(&self.total)
                 .arg(op)
-                .arg(self.now_arg());
+                .arg(&now);
             for arg in &args {
                 invocation.arg(arg);
             }
@@ -849,8 +869,8 @@ impl Store for RedisStore {
             call.policy.global_per_second.unwrap_or(0).to_string(),
             millis(call.policy.expire_after).to_string(),
         ];
-        facts_args(&mut args, facts);
-        self.inner.write("record", auth, args)
+        let age = facts_args(&mut args, facts);
+        self.inner.write("record", auth, args, age)
     }
 
     fn release(&self, lease: Lease, sent: bool, call: Call<'_>) -> StoreFuture<'static, ()> {
@@ -877,7 +897,7 @@ impl Store for RedisStore {
             millis(call.policy.expire_after).to_string(),
         ];
         // Unreachable, the lease expires in Redis by itself.
-        self.inner.write("release", auth, args)
+        self.inner.write("release", auth, args, None)
     }
 
     fn end_pass(
@@ -912,11 +932,11 @@ impl Store for RedisStore {
             u8::from(sent).to_string(),
             call.policy.global_per_second.unwrap_or(0).to_string(),
         ];
-        match answer {
+        let age = match answer {
             Some(facts) => facts_args(&mut args, facts),
             None => facts_args(&mut args, &ResponseFacts::new(http::StatusCode::OK)),
-        }
-        self.inner.write("end_pass", auth, args)
+        };
+        self.inner.write("end_pass", auth, args, age)
     }
 
     fn extend_429(
@@ -941,8 +961,8 @@ impl Store for RedisStore {
             key.map_or_else(String::new, |k| inner.major(k.major())),
             call.policy.global_per_second.unwrap_or(0).to_string(),
         ];
-        facts_args(&mut args, facts);
-        self.inner.write("extend_429", auth, args)
+        let age = facts_args(&mut args, facts);
+        self.inner.write("extend_429", auth, args, age)
     }
 
     fn stats(&self, call: Call<'_>) -> StoreStats {
@@ -991,8 +1011,9 @@ impl Store for RedisStore {
 }
 
 /// A response's facts as script arguments, in the order `limiter.lua`
-/// reads them (`read_facts`).
-fn facts_args(args: &mut Vec<String>, facts: &ResponseFacts<'_>) {
+/// reads them (`read_facts`); returns where the age is, and since when.
+fn facts_args(args: &mut Vec<String>, facts: &ResponseFacts<'_>) -> Option<(usize, Instant)> {
+    let at = args.len();
     let age = Instant::now().saturating_duration_since(facts.received);
     args.extend([
         millis(age).to_string(),
@@ -1015,4 +1036,5 @@ fn facts_args(args: &mut Vec<String>, facts: &ResponseFacts<'_>) {
         u8::from(facts.invalid).to_string(),
         u8::from(facts.status.is_success()).to_string(),
     ]);
+    Some((at, facts.received))
 }
