@@ -9,6 +9,8 @@
 //! that only a store with leases can pass are listed after `leases:`.
 
 mod store_suite;
+#[cfg(feature = "redis")]
+mod support;
 
 use store_suite::Harness;
 
@@ -78,7 +80,6 @@ conformance!(
 /// case; after the case, every key under the prefix must have a TTL.
 #[cfg(feature = "redis")]
 mod redis_store {
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -86,37 +87,19 @@ mod redis_store {
     use tower_rest_ratelimit::store::RedisStore;
 
     use super::store_suite::Harness;
+    use super::support::redis::{redis_or_skip, unique_prefix};
 
     /// Longer than any case keeps a lease in flight (5 s at most), short
     /// enough for the lease case to wait out on the paused clock.
     const LEASE_TTL: Duration = Duration::from_secs(10);
 
-    /// The Redis to test against: `REDIS_URL`, or none (the case is
-    /// skipped). Replaceable by a server the tests start themselves.
-    fn redis_url() -> Option<String> {
-        let url = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
-        if url.is_none() {
-            eprintln!("REDIS_URL is not set: the Redis store's case is skipped");
-        }
-        url
-    }
-
-    /// A prefix no other case (of this run or another) uses.
-    fn unique_prefix() -> String {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        format!(
-            "conformance-{}-{nanos}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        )
-    }
-
+    /// A store on a Redis of the case's own (or `REDIS_URL`'s, under a
+    /// prefix of its own), or `None` where there is no Redis to test
+    /// against (a loud skip; a failure under `CI`).
     pub async fn harness() -> Option<Harness> {
-        let url = redis_url()?;
-        let prefix = unique_prefix();
+        let redis = redis_or_skip("conformance::redis")?;
+        let url = redis.url().to_owned();
+        let prefix = unique_prefix("conformance");
         let store = RedisStore::builder(&url)
             .prefix(prefix.clone())
             .test_clock(true)
@@ -127,7 +110,13 @@ mod redis_store {
         Some(
             Harness::new(Arc::new(store))
                 .with_lease_ttl(LEASE_TTL)
-                .after_case(Box::new(move || Box::pin(every_key_expires(url, prefix)))),
+                .after_case(Box::new(move || {
+                    Box::pin(async move {
+                        every_key_expires(url, prefix).await;
+                        // The server lives until the case is checked.
+                        drop(redis);
+                    })
+                })),
         )
     }
 
