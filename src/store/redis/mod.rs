@@ -607,6 +607,25 @@ impl Inner {
         }
     }
 
+    /// One count an answer told (`-1`: the token's, `-2`: every token's;
+    /// a negative count: not counted).
+    fn learn_count(&self, auth: AuthHash, which: i64, count: i64) {
+        if count < 0 {
+            return;
+        }
+        let count = count.min(i64::from(u32::MAX)) as u32;
+        let mut local = self.local();
+        match which {
+            -1 if count == 0 => {
+                local.invalid.remove(&auth);
+            }
+            -1 => {
+                local.invalid.insert(auth, count);
+            }
+            _ => local.invalid_total = count,
+        }
+    }
+
     fn learn_invalid(&self, auth: AuthHash, own: i64, total: i64) {
         let mut local = self.local();
         let own = own.clamp(0, i64::from(u32::MAX)) as u32;
@@ -658,8 +677,11 @@ impl RedisStore {
             .map_err(|why| inner.unavailable(&why))?;
         let code = int(&reply, 0);
         if code < 0 {
+            inner.learn_count(auth, code, int(&reply, 1));
             return Err(refused(code, int(&reply, 1), int(&reply, 2)));
         }
+        inner.learn_count(auth, -1, int(&reply, 6));
+        inner.learn_count(auth, -2, int(&reply, 7));
         let hash = text(&reply, 2);
         let key_id = if hash.is_empty() {
             BucketId::Route(route.route().clone())
@@ -828,7 +850,10 @@ impl Store for RedisStore {
                     call.waiters.held_by_ceiling(None);
                     Ok(false)
                 }
-                code => Err(refused(code, int(&reply, 1), int(&reply, 2))),
+                code => {
+                    inner.learn_count(auth, code, int(&reply, 1));
+                    Err(refused(code, int(&reply, 1), int(&reply, 2)))
+                }
             }
         })
     }
