@@ -211,3 +211,43 @@ async fn invalid_requests_and_ceilings_are_shared() {
     assert_eq!(two.invalid_requests(Some(&bad)), 3);
     assert!(redis.keys_without_ttl(&prefix).is_empty());
 }
+
+/// §9: the reqwest middleware works unchanged on the Redis store: two
+/// clients on one prefix share the bucket.
+#[cfg(feature = "reqwest-middleware")]
+#[tokio::test(start_paused = true)]
+async fn the_reqwest_middleware_shares_through_redis() {
+    use reqwest_middleware::ClientBuilder;
+    use tower_rest_ratelimit::reqwest::RateLimitMiddleware;
+
+    let Some(redis) = redis_or_skip("redis_store::reqwest") else {
+        return;
+    };
+    let _tick = tick_clock();
+    let (sim, addr) = sim_with_messages(3, Duration::from_secs(1)).start();
+    let prefix = unique_prefix("reqwest");
+    let url = format!("http://{addr}{}", messages(1));
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let client = ClientBuilder::new(reqwest::Client::new())
+            .with(RateLimitMiddleware::new(limiter(&redis, &prefix).0))
+            .build();
+        for _ in 0..5 {
+            let (client, url) = (client.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                let response = client
+                    .post(&url)
+                    .header(http::header::AUTHORIZATION, "Bot a")
+                    .send()
+                    .await
+                    .expect("send");
+                response.status().as_u16()
+            }));
+        }
+    }
+    for task in tasks {
+        assert_eq!(within("reqwest", task).await.expect("task"), 200);
+    }
+    assert_eq!(sim.count_429(), 0);
+    assert!(most_per_window(&sim, 1) <= 3);
+}
