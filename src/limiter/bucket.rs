@@ -269,7 +269,13 @@ impl Bucket {
             Order::Later => {
                 // Requests still in flight may land in this window yet.
                 let left = header_remaining.saturating_sub(self.in_flight);
-                self.remaining = if fresh || self.reset.is_some() {
+                // After a local refill, an answer ordered by its reset alone
+                // may still be a late one of the old window: it only lowers.
+                // One whose id is believed is of the window the refill
+                // opened, and says what the server left: requests the
+                // refill held back that landed in the old window count no
+                // more (§4.3).
+                self.remaining = if fresh || self.reset.is_some() || believed.is_some() {
                     left
                 } else {
                     self.remaining.min(left)
@@ -388,6 +394,34 @@ mod tests {
         }
         assert_eq!(b.in_flight(), 4, "four in flight at once");
         assert_eq!(b.check(t0), Some(Some(t0 + Duration::from_secs(1))));
+    }
+
+    /// ARCHITECTURE.md §4.3, §4.4: requests in flight at the refill that
+    /// land in the old window cost the new one nothing once an answer of
+    /// the new window (by a believed id) says what the server counted.
+    #[test]
+    fn an_answer_of_the_refilled_window_gives_back_what_the_refill_held() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0);
+        grant(&mut b, t0);
+        b.release(0, true);
+        b.apply(&facts(&info(10, 9, 1.0, 1000)), t0);
+        let late = t0 + Duration::from_millis(900);
+        let old: Vec<u32> = (0..3).map(|_| grant(&mut b, late)).collect();
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(b.check(t1), None);
+        assert_eq!(b.remaining(), 7, "the three may land in the new window");
+        // They landed in the old one: its answers are stale.
+        for (i, generation) in old.into_iter().enumerate() {
+            b.release(generation, true);
+            b.apply(&facts(&info(10, 5 - i as u32, 0.05, 1000)), t1);
+        }
+        assert_eq!(b.remaining(), 7);
+        let g = grant(&mut b, t1);
+        b.release(g, true);
+        // The new window's first answer: the server counted one.
+        b.apply(&facts(&info(10, 9, 1.0, 2000)), t1);
+        assert_eq!(b.remaining(), 9, "what the server has left, none in flight");
     }
 
     #[test]

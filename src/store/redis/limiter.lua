@@ -335,7 +335,7 @@ local function apply(b, f, at, inflight)
   if order == 'stale' then return end
   if order == 'later' then
     local left = math.max(header_rem - inflight, 0)
-    if fresh or b.rst then
+    if fresh or b.rst or believed then
       b.rem = left
     else
       b.rem = math.min(b.rem or 0, left)
