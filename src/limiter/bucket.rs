@@ -209,8 +209,12 @@ impl Bucket {
         }
     }
 
-    /// Learns from a response's headers.
-    pub(crate) fn apply(&mut self, info: &ResponseFacts<'_>, now: Instant) {
+    /// Learns from a response's headers. `granted` is the generation the
+    /// answered request took its slot from, when it was granted in this
+    /// bucket: an answer of a window that is over, to a request granted
+    /// before the current window began, gives its slot back to the current
+    /// window, which counted it as in flight when it began (§4.3).
+    pub(crate) fn apply(&mut self, info: &ResponseFacts<'_>, now: Instant, granted: Option<u32>) {
         self.last_used = now;
         self.unlimited = false;
         let fresh = self.limit.is_none();
@@ -265,19 +269,28 @@ impl Bucket {
         };
         let header_remaining = info.remaining.unwrap_or(self.remaining).min(limit);
         match order {
-            Order::Stale => return,
+            Order::Stale => {
+                // The request landed in a window that is over: the current
+                // one counted it in flight when it began, and need not.
+                if believed.is_some() && granted.is_some_and(|g| g != self.generation) {
+                    self.remaining = (self.remaining + 1).min(limit);
+                }
+                return;
+            }
             Order::Later => {
                 // Requests still in flight may land in this window yet.
                 let left = header_remaining.saturating_sub(self.in_flight);
-                // After a local refill, an answer ordered by its reset alone
-                // may still be a late one of the old window: it only lowers.
-                // One whose id is believed is of the window the refill
-                // opened, and says what the server left: requests the
-                // refill held back that landed in the old window count no
-                // more (§4.3).
-                self.remaining = if fresh || self.reset.is_some() || believed.is_some() {
+                self.remaining = if fresh || self.reset.is_some() {
                     left
+                } else if believed.is_some() {
+                    // The window a local refill opened, surely: the refill
+                    // counted every request then in flight, and every grant
+                    // since is counted, so the server's count of them needs
+                    // no second count (§4.3).
+                    self.remaining.min(header_remaining)
                 } else {
+                    // Ordered by its reset alone: it may be a late answer of
+                    // the old window. Only lower.
                     self.remaining.min(left)
                 };
                 self.reset = reset;
@@ -388,7 +401,7 @@ mod tests {
         grant(&mut b, t0);
         assert_eq!(b.check(t0), Some(None));
         b.release(0, true);
-        b.apply(&facts(&info(5, 4, 1.0, 1000)), t0);
+        b.apply(&facts(&info(5, 4, 1.0, 1000)), t0, None);
         for _ in 0..4 {
             grant(&mut b, t0);
         }
@@ -397,31 +410,45 @@ mod tests {
     }
 
     /// ARCHITECTURE.md §4.3, §4.4: requests in flight at the refill that
-    /// land in the old window cost the new one nothing once an answer of
-    /// the new window (by a believed id) says what the server counted.
+    /// land in the old window cost the new one nothing once their answers
+    /// say so, and the new window's answers count its requests in flight
+    /// once, not twice.
     #[test]
-    fn an_answer_of_the_refilled_window_gives_back_what_the_refill_held() {
+    fn answers_give_back_what_a_refill_held_for_requests_that_landed_before_it() {
         let t0 = Instant::now();
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&facts(&info(10, 9, 1.0, 1000)), t0);
+        b.apply(&facts(&info(10, 9, 1.0, 1000)), t0, None);
         let late = t0 + Duration::from_millis(900);
         let old: Vec<u32> = (0..3).map(|_| grant(&mut b, late)).collect();
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(b.check(t1), None);
         assert_eq!(b.remaining(), 7, "the three may land in the new window");
-        // They landed in the old one: its answers are stale.
+        // They landed in the old one: its answers are stale, and each gives
+        // its slot back to the new window.
         for (i, generation) in old.into_iter().enumerate() {
             b.release(generation, true);
-            b.apply(&facts(&info(10, 5 - i as u32, 0.05, 1000)), t1);
+            b.apply(
+                &facts(&info(10, 5 - i as u32, 0.05, 1000)),
+                t1,
+                Some(generation),
+            );
+            assert_eq!(b.remaining(), 8 + i as u32);
         }
-        assert_eq!(b.remaining(), 7);
         let g = grant(&mut b, t1);
+        let h = grant(&mut b, t1);
+        // The new window's first answer: the server counted one; the other
+        // request, in flight, may be counted or not: no second count of it.
         b.release(g, true);
-        // The new window's first answer: the server counted one.
-        b.apply(&facts(&info(10, 9, 1.0, 2000)), t1);
-        assert_eq!(b.remaining(), 9, "what the server has left, none in flight");
+        b.apply(&facts(&info(10, 9, 1.0, 2000)), t1, Some(g));
+        assert_eq!(b.remaining(), 8, "ten less the two granted");
+        b.release(h, true);
+        b.apply(&facts(&info(10, 8, 1.0, 2000)), t1, Some(h));
+        assert_eq!(b.remaining(), 8);
+        // Another client spends three: the server says so.
+        b.apply(&facts(&info(10, 4, 1.0, 2000)), t1, None);
+        assert_eq!(b.remaining(), 4);
     }
 
     #[test]
@@ -430,7 +457,7 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&facts(&info(5, 4, 1.0, 1000)), t0);
+        b.apply(&facts(&info(5, 4, 1.0, 1000)), t0, None);
         for _ in 0..4 {
             grant(&mut b, t0);
         }
@@ -445,16 +472,16 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&facts(&info(10, 5, 1.0, 1000)), t0);
+        b.apply(&facts(&info(10, 5, 1.0, 1000)), t0, None);
         assert_eq!(b.remaining(), 5);
-        b.apply(&facts(&info(10, 9, 1.0, 1000)), t0); // stale, out of order
+        b.apply(&facts(&info(10, 9, 1.0, 1000)), t0, None); // stale, out of order
         assert_eq!(b.remaining(), 5);
-        b.apply(&facts(&info(10, 2, 1.0, 1000)), t0);
+        b.apply(&facts(&info(10, 2, 1.0, 1000)), t0, None);
         assert_eq!(b.remaining(), 2);
-        b.apply(&facts(&info(10, 9, 1.0, 900)), t0); // an earlier window
+        b.apply(&facts(&info(10, 9, 1.0, 900)), t0, None); // an earlier window
         assert_eq!(b.remaining(), 2);
         let t = t0 + Duration::from_millis(500);
-        b.apply(&facts(&info(10, 8, 1.0, 2000)), t); // a later window starts
+        b.apply(&facts(&info(10, 8, 1.0, 2000)), t, None); // a later window starts
         assert_eq!(b.remaining(), 8);
         assert_eq!(b.check(t0 + Duration::from_millis(1400)), None);
     }
@@ -465,12 +492,12 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&facts(&info(2, 1, 1.0, 1000)), t0);
+        b.apply(&facts(&info(2, 1, 1.0, 1000)), t0, None);
         let g = grant(&mut b, t0);
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(b.check(t1), None, "refilled");
         b.release(g, true);
-        b.apply(&facts(&info(2, 0, 0.01, 1000)), t1);
+        b.apply(&facts(&info(2, 0, 0.01, 1000)), t1, None);
         assert_eq!(b.check(t1), None, "the old window's answer neither blocks");
         assert_eq!(b.remaining(), 1);
         b.take(t1);
@@ -487,8 +514,8 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&facts(&info(10, 9, 1.0, 1000)), t0);
-        b.apply(&facts(&info(3, 9, 1.0, 1000)), t0);
+        b.apply(&facts(&info(10, 9, 1.0, 1000)), t0, None);
+        b.apply(&facts(&info(3, 9, 1.0, 1000)), t0, None);
         assert_eq!(b.limit(), Some(3));
         assert_eq!(b.remaining(), 3);
     }
@@ -499,7 +526,7 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&facts(&info(2, 1, 1.0, 1000)), t0);
+        b.apply(&facts(&info(2, 1, 1.0, 1000)), t0, None);
         let g = grant(&mut b, t0);
         assert_eq!(b.remaining(), 0);
         b.release(g, false);
@@ -521,7 +548,7 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&facts(&info(5, 4, 1.0, 1000)), t0);
+        b.apply(&facts(&info(5, 4, 1.0, 1000)), t0, None);
         let until = t0 + Duration::from_secs(3);
         b.block(until, true);
         assert_eq!(b.check(t0), Some(Some(until)));
@@ -536,7 +563,7 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&facts(&info(5, 4, 5.0, 1000)), t0);
+        b.apply(&facts(&info(5, 4, 5.0, 1000)), t0, None);
         let until = t0 + Duration::from_secs(2);
         b.block(until, true);
         assert_eq!(
@@ -549,7 +576,7 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&facts(&info(5, 4, 5.0, 1000)), t0);
+        b.apply(&facts(&info(5, 4, 5.0, 1000)), t0, None);
         b.block(until, false);
         assert_eq!(b.check(t0), Some(Some(until)));
         assert_eq!(b.check(until), None, "shared 429: held 2 s only");
@@ -574,14 +601,14 @@ mod tests {
         let mut i = info(1, 0, 1.0, 1000);
         i.reset_after = None;
         i.reset_millis = None;
-        b.apply(&facts(&i), t0);
+        b.apply(&facts(&i), t0, None);
         let t1 = t0 + FALLBACK_RESET;
         assert_eq!(b.check(t0), Some(Some(t1)));
         assert_eq!(b.check(t1), None);
         let g = b.take(t1);
         assert_eq!(b.check(t1), Some(None));
         b.release(g, true);
-        b.apply(&facts(&i), t1);
+        b.apply(&facts(&i), t1, None);
         assert_eq!(b.check(t1), Some(Some(t1 + FALLBACK_RESET)));
         // Nothing in flight, no reset, nothing left: never stuck, but
         // never refilled before a reset passes either (§4.8).
@@ -601,14 +628,14 @@ mod tests {
             b.release(0, true);
             let far = 9_999_999_999_000;
             if first {
-                b.apply(&facts(&info(5, 4, 1.0, far)), t0);
+                b.apply(&facts(&info(5, 4, 1.0, far)), t0, None);
             } else {
-                b.apply(&facts(&info(5, 4, 1.0, 1000)), t0);
-                b.apply(&facts(&info(5, 4, 1.0, far)), t0);
+                b.apply(&facts(&info(5, 4, 1.0, 1000)), t0, None);
+                b.apply(&facts(&info(5, 4, 1.0, far)), t0, None);
             }
-            b.apply(&facts(&info(5, 2, 1.0, 1000)), t0);
+            b.apply(&facts(&info(5, 2, 1.0, 1000)), t0, None);
             assert_eq!(b.remaining(), 2, "the current window's answer counts");
-            b.apply(&facts(&info(5, 0, 1.0, 1000)), t0);
+            b.apply(&facts(&info(5, 0, 1.0, 1000)), t0, None);
             assert_eq!(b.check(t0), Some(Some(t0 + Duration::from_secs(1))));
             // The next window: refilled, then its answers count again.
             let t1 = t0 + Duration::from_secs(1);
@@ -616,9 +643,16 @@ mod tests {
             for _ in 0..3 {
                 b.take(t1);
             }
-            b.apply(&facts(&info(5, 4, 1.0, 2000)), t1);
-            assert_eq!(b.remaining(), 1, "4 left minus the 3 in flight");
-            b.apply(&facts(&info(5, 0, 1.0, 2000)), t1);
+            b.apply(&facts(&info(5, 4, 1.0, 2000)), t1, None);
+            // With a window id believed (the first answer named it), 5 less
+            // the 3 granted, not counted twice; after the far id, the
+            // window is ordered by its reset alone and counts the requests
+            // in flight again (the old window's late answer may look so).
+            let expected = if first { 1 } else { 2 };
+            assert_eq!(b.remaining(), expected, "first: {first}");
+            b.apply(&facts(&info(5, 1, 1.0, 2000)), t1, None);
+            assert_eq!(b.remaining(), 1, "the server's count, when lower");
+            b.apply(&facts(&info(5, 0, 1.0, 2000)), t1, None);
             assert_eq!(b.check(t1), Some(Some(t1 + Duration::from_secs(1))));
         }
     }
@@ -636,12 +670,12 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&facts(&info(3, 2, 1.0, 5000)), t0);
+        b.apply(&facts(&info(3, 2, 1.0, 5000)), t0, None);
         let g = grant(&mut b, t0);
         b.release(g, true);
         let mut far = info(3, 0, 1.0, 5000 + 2 * 86_400_000);
         far.reset_after = None;
-        b.apply(&facts(&far), t0);
+        b.apply(&facts(&far), t0, None);
         assert_eq!(b.remaining(), 0, "it still lowers the current window");
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(b.check(t1), None, "refilled at the current reset: {b:?}");
@@ -658,21 +692,21 @@ mod tests {
             i.reset_after = None;
             i
         };
-        b.apply(&facts(&id_only(2)), t0);
+        b.apply(&facts(&id_only(2)), t0, None);
         let g = grant(&mut b, t0);
         b.release(g, true);
-        b.apply(&facts(&id_only(1)), t0);
+        b.apply(&facts(&id_only(1)), t0, None);
         assert_eq!(b.remaining(), 1);
         let g = grant(&mut b, t0);
         b.release(g, true);
-        b.apply(&facts(&id_only(0)), t0);
+        b.apply(&facts(&id_only(0)), t0, None);
         let t1 = t0 + FALLBACK_RESET;
         assert_eq!(b.check(t0), Some(Some(t1)), "empty: waits the fallback");
         assert_eq!(b.check(t1), None);
         // A guess: the server says its window still runs, and is believed.
         let g = b.take(t1);
         b.release(g, true);
-        b.apply(&facts(&id_only(0)), t1);
+        b.apply(&facts(&id_only(0)), t1, None);
         assert_eq!(b.check(t1), Some(Some(t1 + FALLBACK_RESET)));
         // A user 429 places the window on our clock (it ends with the hold):
         // an answer naming the next window is placed from it.
@@ -682,7 +716,7 @@ mod tests {
         next.reset_millis = Some(7000);
         let g = b.take(t2);
         b.release(g, true);
-        b.apply(&facts(&next), t2);
+        b.apply(&facts(&next), t2, None);
         assert_eq!(b.remaining(), 2);
         assert_eq!(b.known_wait(t2), None);
         b.take(t2);
@@ -700,7 +734,7 @@ mod tests {
         b.release(0, true);
         let mut i = info(1, 0, 1.0, 1000);
         i.reset_after = Some(MAX_WAIT);
-        b.apply(&facts(&i), t0);
+        b.apply(&facts(&i), t0, None);
         assert_eq!(b.check(t0 + FALLBACK_RESET), Some(Some(t0 + MAX_WAIT)));
         assert_eq!(b.check(t0 + MAX_WAIT), None);
     }
@@ -714,14 +748,14 @@ mod tests {
         let mut b = Bucket::new(t0);
         grant(&mut b, t0);
         b.release(0, true);
-        b.apply(&facts(&info(3, 2, 5.0, 5000)), t0);
+        b.apply(&facts(&info(3, 2, 5.0, 5000)), t0, None);
         let late = grant(&mut b, t0);
         let g = grant(&mut b, t0);
         b.release(g, true);
-        b.apply(&facts(&info(3, 0, 5.0, 5000)), t0);
+        b.apply(&facts(&info(3, 0, 5.0, 5000)), t0, None);
         let t = t0 + Duration::from_secs(3);
         b.release(late, true);
-        b.apply(&facts(&info(3, 1, 5.0, 5000)), t);
+        b.apply(&facts(&info(3, 1, 5.0, 5000)), t, None);
         assert_eq!(b.remaining(), 0);
         assert_eq!(b.check(t), Some(Some(t + Duration::from_secs(5))));
     }
@@ -734,7 +768,7 @@ mod tests {
         let g = grant(&mut b, t0);
         assert!(!b.is_stale(t0 + ten * 5, ten), "in flight");
         b.release(g, true);
-        b.apply(&facts(&info(5, 4, 2.0, 1000)), t0);
+        b.apply(&facts(&info(5, 4, 2.0, 1000)), t0, None);
         assert!(!b.is_stale(t0 + ten, ten));
         assert!(b.is_stale(t0 + ten + Duration::from_secs(2), ten));
     }

@@ -635,7 +635,11 @@ impl Manager {
             (true, Some(hold)) if !facts.global => {
                 bucket.block(now + hold, facts.scope != Some(Scope::Shared))
             }
-            _ if facts.has_bucket_headers() && named => bucket.apply(facts, now),
+            // The generation is the granted bucket's: of no meaning in
+            // another.
+            _ if facts.has_bucket_headers() && named => {
+                bucket.apply(facts, now, (!moved).then_some(generation))
+            }
             _ if facts.status.is_success() && !facts.any_header => bucket.no_headers(),
             _ => {}
         }

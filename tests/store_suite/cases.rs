@@ -135,9 +135,9 @@ pub async fn a_later_window_starts_anew(h: &mut Harness) {
     waits_about(next, Bucket, secs(1));
 }
 
-/// ARCHITECTURE.md §4.4: a late answer of a window that is over and
+/// ARCHITECTURE.md §4.3, §4.4: a late answer of a window that is over and
 /// refilled neither empties the new window nor refills it at its own,
-/// earlier reset.
+/// earlier reset; it gives back the slot the refill held for its request.
 pub async fn a_late_answer_of_a_refilled_window_is_ignored(h: &mut Harness) {
     let r = channel(1);
     let probe = granted(h.acquire(&r, A).await);
@@ -155,11 +155,14 @@ pub async fn a_late_answer_of_a_refilled_window_is_ignored(h: &mut Harness) {
     let mut answer = h.ok("h", 2, 0, millis(10));
     answer.window = old_window;
     h.record(late, &answer).await;
+    // The late request landed in the old window: the slot the refill held
+    // for it comes back (§4.3), and the new window has its two.
     let one = granted(h.acquire(&r, A).await);
+    let two = granted(h.acquire(&r, A).await);
     waits_for_an_answer(h.acquire(&r, A).await, Bucket);
     h.advance(millis(20)).await;
     waits_for_an_answer(h.acquire(&r, A).await, Bucket);
-    drop(one);
+    drop((one, two));
 }
 
 /// ARCHITECTURE.md §4.5: a changed `limit` clamps `remaining`.

@@ -227,6 +227,7 @@ impl Client {
             _ if info.has_bucket_headers() => self.bucket.apply(
                 &crate::store::ResponseFacts::from_info(answer.status, &info, self.now),
                 self.now,
+                Some(generation),
             ),
             _ if answer.status.is_success() && !info.any_header => self.bucket.no_headers(),
             _ => {}

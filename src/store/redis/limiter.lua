@@ -288,7 +288,7 @@ end
 
 -- Learns from an answer's headers, received at `at` (limiter/bucket.rs,
 -- Bucket::apply).
-local function apply(b, f, at, inflight)
+local function apply(b, f, at, inflight, granted)
   b.used = at
   b.unl = nil
   local fresh = b.lim == nil
@@ -332,11 +332,22 @@ local function apply(b, f, at, inflight)
     end
   end
   local header_rem = math.min(f.remaining or b.rem or 0, lim)
-  if order == 'stale' then return end
+  if order == 'stale' then
+    -- Landed in a window that is over: the current one counted it in
+    -- flight when it began, and need not.
+    if believed and granted and granted ~= (b.gen or 0) then
+      b.rem = math.min((b.rem or 0) + 1, lim)
+    end
+    return
+  end
   if order == 'later' then
     local left = math.max(header_rem - inflight, 0)
-    if fresh or b.rst or believed then
+    if fresh or b.rst then
       b.rem = left
+    elseif believed then
+      -- The window a local refill opened: every request then in flight and
+      -- every grant since is counted already.
+      b.rem = math.min(b.rem or 0, header_rem)
     else
       b.rem = math.min(b.rem or 0, left)
     end
@@ -589,7 +600,9 @@ elseif op == 'record' or op == 'release' then
   if f.rejected and f.hold and not f.global then
     block(b, at + f.hold, not f.shared)
   elseif f.has_bucket_headers and named then
-    apply(b, f, at, inflight)
+    local granted = nil
+    if not moved then granted = gen end
+    apply(b, f, at, inflight, granted)
   elseif f.success and not f.any_header then
     if not b.lim then b.unl = 1 end
   end
