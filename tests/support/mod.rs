@@ -29,6 +29,8 @@ mod clock;
 mod frames;
 mod log;
 mod recorder;
+#[cfg(unix)]
+pub mod redis;
 mod response;
 mod route;
 mod seen;
