@@ -739,3 +739,93 @@ async fn script_flush_mid_run_reloads_and_nothing_fails() {
         done.len()
     );
 }
+
+/// §9.9 and §9.11: a call Redis did not answer in time may still run once
+/// Redis answers again (a frozen Redis reads it on `SIGCONT`). An acquire
+/// lost so grants a lease to no one; it must not hold the bucket for the
+/// lease TTL (60 s). Here the lost acquire is the probe of a new channel:
+/// after Redis is back, the next request on that channel must go within
+/// [`BOUND`], not wait for a probe that was never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_lost_while_frozen_holds_no_slot_after_resume() {
+    let test = "an_acquire_lost_while_frozen_holds_no_slot_after_resume";
+    let Some(redis) = redis_or_skip(test) else {
+        return;
+    };
+    let Some(server) = redis.faults(test) else {
+        return;
+    };
+    let (sim, addr) = simulator();
+    let rig = Rig::new(redis.url(), &addr, "faults-lost", Policy::Open);
+    // Connected, script loaded.
+    assert_eq!(rig.send(500).await.outcome, Outcome::Status(200));
+
+    blocking(|| server.stop());
+    // Its acquire reaches the frozen Redis and times out; failing open, the
+    // request goes all the same.
+    let lost = rig.send(501).await;
+    assert_eq!(lost.outcome, Outcome::Status(200), "failing open");
+    assert!(rig.degraded(), "the store noticed the frozen Redis");
+    let back = Instant::now();
+    blocking(|| server.resume());
+    // Requests on another channel until the store is shared again.
+    let mut tries = 0;
+    let bound = recovery_bound(lost.elapsed, GLOBAL_WAIT);
+    while rig.degraded() {
+        assert!(back.elapsed() < bound, "not shared again within {bound:?}");
+        let d = rig.send(500).await;
+        assert_eq!(d.outcome, Outcome::Status(200));
+        tries += 1;
+        sleep(POLL).await;
+    }
+    let recovered = back.elapsed();
+
+    let next = rig.send(501).await;
+    let live = blocking(|| live_leases(redis.url(), &rig.key_prefix()));
+    println!(
+        "{test}: the lost acquire took {:?}; shared again {:?} after resume ({tries} requests); \
+         the next request on its channel took {:?} ({:?}); live leases in Redis with nothing \
+         in flight: {live:?}",
+        lost.elapsed, recovered, next.elapsed, next.outcome,
+    );
+    assert_eq!(
+        next.outcome,
+        Outcome::Status(200),
+        "the next request on the channel"
+    );
+    assert!(
+        next.elapsed <= BOUND,
+        "the next request on the channel took {:?}: a lease granted to no one holds its \
+         bucket (§9.9)",
+        next.elapsed
+    );
+    assert_eq!(sim.count_429(), 0);
+    all_keys_expire(&redis, &rig);
+}
+
+/// The leases under `prefix` still live in Redis (`ZCOUNT` of deadlines
+/// after Redis' `TIME`), per key: slots Redis counts in flight.
+fn live_leases(url: &str, prefix: &str) -> Vec<(String, u64)> {
+    let mut connection = redis::Client::open(url)
+        .expect("redis url")
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("connect to redis");
+    connection
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("read timeout");
+    let time: Vec<u64> = redis::cmd("TIME").query(&mut connection).expect("TIME");
+    let now_ms = time[0] * 1000 + time[1] / 1000;
+    support::redis::keys(url, prefix)
+        .into_iter()
+        .filter(|k| k.ends_with(":gif") || k.contains(":l:"))
+        .filter_map(|k| {
+            let live: u64 = redis::cmd("ZCOUNT")
+                .arg(&k)
+                .arg(now_ms)
+                .arg("+inf")
+                .query(&mut connection)
+                .expect("ZCOUNT");
+            (live > 0).then(|| (k[prefix.len()..].to_owned(), live))
+        })
+        .collect()
+}
