@@ -268,6 +268,36 @@ pub fn keys_without_ttl(url: &str, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every key under `prefix` and everything it holds (hashes, sorted sets,
+/// strings), as text: to look for what must never be stored.
+pub fn dump(url: &str, prefix: &str) -> String {
+    let mut connection = connect(url).expect("connect to redis for a dump");
+    let mut out = String::new();
+    for key in keys(url, prefix) {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query(&mut connection)
+            .expect("TYPE");
+        let values: Vec<String> = match kind.as_str() {
+            "hash" => redis::cmd("HGETALL").arg(&key).query(&mut connection),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query(&mut connection),
+            "string" => redis::cmd("GET")
+                .arg(&key)
+                .query::<String>(&mut connection)
+                .map(|v| vec![v]),
+            _ => Ok(vec![format!("<{kind}>")]),
+        }
+        .expect("read a key");
+        out.push_str(&format!("{key} = {values:?}\n"));
+    }
+    out
+}
+
 /// `prefix` with the glob characters of `SCAN MATCH` escaped.
 fn glob_escape(prefix: &str) -> String {
     let mut escaped = String::with_capacity(prefix.len());

@@ -427,6 +427,9 @@ if op == 'acquire' then
   local all, all_n = ceiling(total, all_ceiling)
   if all == 'reached' then return {-2, all_n, all_ceiling} end
   local held = own == 'held' or all == 'held'
+  -- The counts, when a ceiling made them known (-1: not counted).
+  if own_ceiling <= 0 then own_n = -1 end
+  if all_ceiling <= 0 then all_n = -1 end
 
   local a = load(base .. 'auth')
   local throttled = nil
@@ -452,8 +455,9 @@ if op == 'acquire' then
   local epoch = a.ep or 0
 
   local function wait(code, until_at)
-    if until_at == -1 then return {code, -1, reply_hash} end
-    return {code, math.max(math.floor(until_at - now), 0), reply_hash}
+    local w = -1
+    if until_at ~= -1 then w = math.max(math.floor(until_at - now), 0) end
+    return {code, w, reply_hash, 0, 0, 0, own_n, all_n}
   end
   if throttled then return wait(3, throttled) end
   local c = check(b, inflight)
@@ -480,7 +484,7 @@ if op == 'acquire' then
   save_bucket(key, lk, b, expire_after)
   start_flight(id, deadline)
   save_auth(a)
-  return {1, 0, reply_hash, gen, gslot, epoch}
+  return {1, 0, reply_hash, gen, gslot, epoch, own_n, all_n}
 
 elseif op == 'pass' then
   local own_ceiling, all_ceiling = tonumber(ARGV[3]), tonumber(ARGV[4])

@@ -6,7 +6,7 @@
 //! `release`, `pass` and `end_pass`. Waits come back relative, so no clock
 //! is ever mapped. Every key written gets a TTL in the same script.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 use tokio::time::Instant;
 
 use super::{
@@ -219,6 +219,7 @@ impl RedisStoreBuilder {
                 round_trips: AtomicU64::new(0),
                 local: Mutex::new(Local::default()),
                 in_flight: AtomicUsize::new(0),
+                writes: Writes::default(),
             }),
         })
     }
@@ -307,6 +308,18 @@ struct Inner {
     round_trips: AtomicU64,
     local: Mutex<Local>,
     in_flight: AtomicUsize,
+    writes: Writes,
+}
+
+/// Writes (`record`, `release`, `end_pass`, `extend_429`) under way in the
+/// background: the caller has its response without waiting for them, and
+/// every call issued after one waits for it first, so that this process
+/// asks Redis in the order it learned (ARCHITECTURE.md §9.10).
+#[derive(Debug, Default)]
+struct Writes {
+    next: AtomicU64,
+    open: Mutex<BTreeSet<u64>>,
+    done: Notify,
 }
 
 /// A reply of the script: integers and strings.
@@ -343,6 +356,80 @@ fn opt(n: Option<u32>) -> i64 {
 impl Inner {
     fn local(&self) -> MutexGuard<'_, Local> {
         self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs a write in the background, in order after every call issued
+    /// before it; on no runtime, hands it to the caller to drive.
+    ///
+    /// "now" is the time of the call, not of the run: on the test clock
+    /// taken now; on Redis' clock, the age of the answer (`args[age.0]`,
+    /// from `age.1`) is measured when the write runs.
+    fn write(
+        self: &Arc<Self>,
+        op: &'static str,
+        auth: AuthHash,
+        mut args: Vec<String>,
+        age: Option<(usize, Instant)>,
+    ) -> StoreFuture<'static, ()> {
+        let seq = self.writes.next.fetch_add(1, Ordering::AcqRel);
+        let inner = Arc::clone(self);
+        let now = self.now_arg();
+        let write = async move {
+            inner.settled(seq).await;
+            if let (Some((at, received)), None) = (age, inner.clock) {
+                args[at] = millis(Instant::now().saturating_duration_since(received)).to_string();
+            }
+            if let Ok(reply) = inner.run_at(auth, op, now, args).await {
+                if op != "extend_429" {
+                    inner.learn_invalid(auth, int(&reply, 0), int(&reply, 1));
+                }
+            }
+            inner
+                .writes
+                .open
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&seq);
+            inner.writes.done.notify_waiters();
+        };
+        self.writes
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(seq);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(write);
+                StoreFuture::ready(())
+            }
+            Err(_) => StoreFuture::boxed(write),
+        }
+    }
+
+    /// Waits until every write issued before `upto` is done (each bounded
+    /// by the call timeout).
+    async fn settled(&self, upto: u64) {
+        loop {
+            let notified = self.writes.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let first = self
+                .writes
+                .open
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .first()
+                .copied();
+            if first.is_none_or(|first| first >= upto) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits for every write issued so far.
+    async fn writes_done(&self) {
+        self.settled(self.writes.next.load(Ordering::Acquire)).await;
     }
 
     fn next_id(&self) -> u64 {
@@ -425,13 +512,17 @@ impl Inner {
             .conn
             .get_or_try_init(|| async {
                 let mut config = ConnectionManagerConfig::new().set_number_of_retries(1);
-                if self.clock.is_none() {
-                    config = config
+                config = match self.clock {
+                    None => config
                         .set_connection_timeout(Some(self.timeout))
                         .set_response_timeout(Some(self.timeout))
                         .set_min_delay(MIN_BACKOFF)
-                        .set_max_delay(MAX_BACKOFF);
-                }
+                        .set_max_delay(MAX_BACKOFF),
+                    // No timer at all: a paused clock would jump to it.
+                    Some(_) => config
+                        .set_connection_timeout(None)
+                        .set_response_timeout(None),
+                };
                 ConnectionManager::new_lazy_with_config(self.client.clone(), config)
             })
             .await
@@ -441,6 +532,17 @@ impl Inner {
 
     /// Runs the script: `op`, with `args` after "now".
     async fn run(&self, auth: AuthHash, op: &str, args: Vec<String>) -> Result<Reply, String> {
+        self.run_at(auth, op, self.now_arg(), args).await
+    }
+
+    /// Runs the script as of `now` (see [`now_arg`](Self::now_arg)).
+    async fn run_at(
+        &self,
+        auth: AuthHash,
+        op: &str,
+        now: String,
+        args: Vec<String>,
+    ) -> Result<Reply, String> {
         let call = async {
             let mut conn = self.connection().await?;
             let mut invocation = self.script.prepare_invoke();
@@ -448,7 +550,7 @@ impl Inner {
                 .key(self.base(auth))
                 .key(&self.total)
                 .arg(op)
-                .arg(self.now_arg());
+                .arg(&now);
             for arg in &args {
                 invocation.arg(arg);
             }
@@ -505,6 +607,25 @@ impl Inner {
         }
     }
 
+    /// One count an answer told (`-1`: the token's, `-2`: every token's;
+    /// a negative count: not counted).
+    fn learn_count(&self, auth: AuthHash, which: i64, count: i64) {
+        if count < 0 {
+            return;
+        }
+        let count = count.min(i64::from(u32::MAX)) as u32;
+        let mut local = self.local();
+        match which {
+            -1 if count == 0 => {
+                local.invalid.remove(&auth);
+            }
+            -1 => {
+                local.invalid.insert(auth, count);
+            }
+            _ => local.invalid_total = count,
+        }
+    }
+
     fn learn_invalid(&self, auth: AuthHash, own: i64, total: i64) {
         let mut local = self.local();
         let own = own.clamp(0, i64::from(u32::MAX)) as u32;
@@ -549,14 +670,18 @@ impl RedisStore {
             millis(inner.lease_ttl).to_string(),
             millis(policy.expire_after).to_string(),
         ];
+        inner.writes_done().await;
         let reply = inner
             .run(auth, "acquire", args)
             .await
             .map_err(|why| inner.unavailable(&why))?;
         let code = int(&reply, 0);
         if code < 0 {
+            inner.learn_count(auth, code, int(&reply, 1));
             return Err(refused(code, int(&reply, 1), int(&reply, 2)));
         }
+        inner.learn_count(auth, -1, int(&reply, 6));
+        inner.learn_count(auth, -2, int(&reply, 7));
         let hash = text(&reply, 2);
         let key_id = if hash.is_empty() {
             BucketId::Route(route.route().clone())
@@ -711,6 +836,7 @@ impl Store for RedisStore {
                 id.to_string(),
                 millis(inner.lease_ttl).to_string(),
             ];
+            inner.writes_done().await;
             let reply = match inner.run(auth, "pass", args).await {
                 Ok(reply) => reply,
                 Err(why) => return self.on_failure(inner.unavailable(&why), fallback),
@@ -724,7 +850,10 @@ impl Store for RedisStore {
                     call.waiters.held_by_ceiling(None);
                     Ok(false)
                 }
-                code => Err(refused(code, int(&reply, 1), int(&reply, 2))),
+                code => {
+                    inner.learn_count(auth, code, int(&reply, 1));
+                    Err(refused(code, int(&reply, 1), int(&reply, 2)))
+                }
             }
         })
     }
@@ -746,6 +875,14 @@ impl Store for RedisStore {
         }
         inner.in_flight.fetch_sub(1, Ordering::Relaxed);
         let auth = lease.key().auth();
+        if let Some(hash) = facts.bucket {
+            // The key this process's next requests of the route queue at.
+            let mut local = inner.local();
+            let known = (lease.route().clone(), auth);
+            if local.routes.get(&known).is_none_or(|h| **h != *hash) {
+                local.routes.insert(known, Arc::from(hash));
+            }
+        }
         let mut args = vec![
             lease.route().to_string(),
             inner.major(lease.key().major()),
@@ -757,14 +894,8 @@ impl Store for RedisStore {
             call.policy.global_per_second.unwrap_or(0).to_string(),
             millis(call.policy.expire_after).to_string(),
         ];
-        facts_args(&mut args, facts);
-        let store = self.clone();
-        StoreFuture::boxed(async move {
-            let inner = &*store.inner;
-            if let Ok(reply) = inner.run(auth, "record", args).await {
-                inner.learn_invalid(auth, int(&reply, 0), int(&reply, 1));
-            }
-        })
+        let age = facts_args(&mut args, facts);
+        self.inner.write("record", auth, args, age)
     }
 
     fn release(&self, lease: Lease, sent: bool, call: Call<'_>) -> StoreFuture<'static, ()> {
@@ -790,11 +921,8 @@ impl Store for RedisStore {
             call.policy.global_per_second.unwrap_or(0).to_string(),
             millis(call.policy.expire_after).to_string(),
         ];
-        let store = self.clone();
-        StoreFuture::boxed(async move {
-            // Unreachable: the lease expires in Redis by itself.
-            let _ = store.inner.run(auth, "release", args).await;
-        })
+        // Unreachable, the lease expires in Redis by itself.
+        self.inner.write("release", auth, args, None)
     }
 
     fn end_pass(
@@ -829,17 +957,11 @@ impl Store for RedisStore {
             u8::from(sent).to_string(),
             call.policy.global_per_second.unwrap_or(0).to_string(),
         ];
-        match answer {
+        let age = match answer {
             Some(facts) => facts_args(&mut args, facts),
             None => facts_args(&mut args, &ResponseFacts::new(http::StatusCode::OK)),
-        }
-        let store = self.clone();
-        StoreFuture::boxed(async move {
-            let inner = &*store.inner;
-            if let Ok(reply) = inner.run(auth, "end_pass", args).await {
-                inner.learn_invalid(auth, int(&reply, 0), int(&reply, 1));
-            }
-        })
+        };
+        self.inner.write("end_pass", auth, args, age)
     }
 
     fn extend_429(
@@ -864,11 +986,8 @@ impl Store for RedisStore {
             key.map_or_else(String::new, |k| inner.major(k.major())),
             call.policy.global_per_second.unwrap_or(0).to_string(),
         ];
-        facts_args(&mut args, facts);
-        let store = self.clone();
-        StoreFuture::boxed(async move {
-            let _ = store.inner.run(auth, "extend_429", args).await;
-        })
+        let age = facts_args(&mut args, facts);
+        self.inner.write("extend_429", auth, args, age)
     }
 
     fn stats(&self, call: Call<'_>) -> StoreStats {
@@ -917,8 +1036,9 @@ impl Store for RedisStore {
 }
 
 /// A response's facts as script arguments, in the order `limiter.lua`
-/// reads them (`read_facts`).
-fn facts_args(args: &mut Vec<String>, facts: &ResponseFacts<'_>) {
+/// reads them (`read_facts`); returns where the age is, and since when.
+fn facts_args(args: &mut Vec<String>, facts: &ResponseFacts<'_>) -> Option<(usize, Instant)> {
+    let at = args.len();
     let age = Instant::now().saturating_duration_since(facts.received);
     args.extend([
         millis(age).to_string(),
@@ -941,4 +1061,5 @@ fn facts_args(args: &mut Vec<String>, facts: &ResponseFacts<'_>) {
         u8::from(facts.invalid).to_string(),
         u8::from(facts.status.is_success()).to_string(),
     ]);
+    Some((at, facts.received))
 }
