@@ -633,6 +633,20 @@ elseif op == 'end_pass' then
   save_auth(a)
   return counts()
 
+elseif op == 'forget' then
+  -- A call that failed in its process (a timeout) may have been granted
+  -- here all the same (a frozen Redis read it late): its request never
+  -- went. Free its places; refund nothing (ARCHITECTURE.md §9.11).
+  local route, major, id = ARGV[3], ARGV[4], ARGV[5]
+  end_flight(id)
+  redis.call('ZREM', base .. 'gif', id)
+  if route ~= '' then
+    redis.call('ZREM', lkey('r:' .. route, major), id)
+    local hash = redis.call('HGET', base .. 'routes', route)
+    if hash then redis.call('ZREM', lkey('h:' .. hash, major), id) end
+  end
+  return counts()
+
 elseif op == 'extend_429' then
   local gid, major = ARGV[3], ARGV[4]
   local conf = tonumber(ARGV[5])

@@ -274,6 +274,16 @@ struct Health {
     next_try: Option<Instant>,
 }
 
+/// A grant Redis may have made to a call that failed here.
+#[derive(Debug)]
+struct Lost {
+    auth: AuthHash,
+    id: u64,
+    /// The route and major parameters (empty for a pass).
+    route: String,
+    major: String,
+}
+
 /// What this process knows of the shared state, for its queues and
 /// [`Store::stats`].
 #[derive(Debug, Default)]
@@ -283,6 +293,9 @@ struct Local {
     routes: HashMap<(Route, AuthHash), Arc<str>>,
     /// Ids of passes in flight, per authentication (`end_pass` names none).
     passes: HashMap<AuthHash, Vec<u64>>,
+    /// Calls that failed, whose grant Redis may still make once it reads
+    /// them (a frozen Redis): forgotten at the next call that succeeds.
+    lost: Vec<Lost>,
     /// Invalid requests per authentication and in all, as last answered.
     invalid: HashMap<AuthHash, u32>,
     invalid_total: u32,
@@ -376,21 +389,22 @@ impl Inner {
         let now = self.now_arg();
         let write = async move {
             inner.settled(seq).await;
+            if inner.backing_off() {
+                // Redis is down: what this write would free expires there
+                // by itself (leases, ARCHITECTURE.md §9.9).
+                inner.write_done(seq);
+                return;
+            }
             if let (Some((at, received)), None) = (age, inner.clock) {
                 args[at] = millis(Instant::now().saturating_duration_since(received)).to_string();
             }
             if let Ok(reply) = inner.run_at(auth, op, now, args).await {
+                inner.forget_lost();
                 if op != "extend_429" {
                     inner.learn_invalid(auth, int(&reply, 0), int(&reply, 1));
                 }
             }
-            inner
-                .writes
-                .open
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&seq);
-            inner.writes.done.notify_waiters();
+            inner.write_done(seq);
         };
         self.writes
             .open
@@ -404,6 +418,15 @@ impl Inner {
             }
             Err(_) => StoreFuture::boxed(write),
         }
+    }
+
+    fn write_done(&self, seq: u64) {
+        self.writes
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&seq);
+        self.writes.done.notify_waiters();
     }
 
     /// Waits until every write issued before `upto` is done (each bounded
@@ -461,6 +484,15 @@ impl Inner {
         }
     }
 
+    /// Whether the back-off runs: go straight to the failure policy. Only
+    /// reads: the turn to try Redis again is taken when a call is first
+    /// polled ([`try_remote`](Self::try_remote)), as the middleware may drop
+    /// a store's future unpolled and ask again (ARCHITECTURE.md §9.4).
+    fn backing_off(&self) -> bool {
+        let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        health.down && health.next_try.is_some_and(|at| at > Instant::now())
+    }
+
     /// Whether to ask Redis now, or go straight to the failure policy
     /// while it is down and its back-off runs.
     fn try_remote(&self) -> bool {
@@ -472,7 +504,9 @@ impl Inner {
         match health.next_try {
             Some(at) if at > now => false,
             _ => {
-                // One request tries; the others keep to the policy.
+                // One request tries; the others keep to the policy. Each
+                // try doubles the back-off before the next one.
+                health.backoff = (health.backoff * 2).min(MAX_BACKOFF);
                 health.next_try = Some(now + health.backoff);
                 true
             }
@@ -481,9 +515,9 @@ impl Inner {
 
     fn failed(&self, why: &str) {
         let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
-        if health.down {
-            health.backoff = (health.backoff * 2).min(MAX_BACKOFF);
-        } else {
+        // Every call under way when Redis went fails: the back-off grows
+        // per try (`try_remote`), not per failed call.
+        if !health.down {
             let policy = match self.failure {
                 Failure::Open { .. } => "failing open: limits kept in this process",
                 Failure::Closed => "failing closed: requests fail",
@@ -491,8 +525,8 @@ impl Inner {
             tracing::warn!(reason = why, "rate-limit store unreachable, {policy}");
             health.down = true;
             health.backoff = MIN_BACKOFF;
+            health.next_try = Some(Instant::now() + MIN_BACKOFF);
         }
-        health.next_try = Some(Instant::now() + health.backoff);
         self.degraded.store(true, Ordering::Relaxed);
     }
 
@@ -555,10 +589,19 @@ impl Inner {
                 invocation.arg(arg);
             }
             self.round_trips.fetch_add(1, Ordering::Relaxed);
-            invocation
-                .invoke_async::<Reply>(&mut conn)
-                .await
-                .map_err(|e| e.to_string())
+            match invocation.invoke_async::<Reply>(&mut conn).await {
+                // The connection manager answers with its latest reconnect,
+                // maybe made while Redis was down, and reconnects now: ask
+                // once more, within the same bound.
+                Err(e) if e.is_io_error() || e.is_unrecoverable_error() => {
+                    self.round_trips.fetch_add(1, Ordering::Relaxed);
+                    invocation
+                        .invoke_async::<Reply>(&mut conn)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                reply => reply.map_err(|e| e.to_string()),
+            }
         };
         let reply = match self.clock {
             Some(_) => call.await,
@@ -574,6 +617,34 @@ impl Inner {
             Err(why) => self.failed(why),
         }
         reply
+    }
+
+    /// A call failed after it was sent, maybe only here: Redis may still
+    /// grant it once it reads it (a frozen Redis). Forgotten at the next
+    /// call that succeeds, so that no slot stays held for the lease TTL by
+    /// a request that never went.
+    fn lost(&self, lost: Lost) {
+        self.local().lost.push(lost);
+    }
+
+    /// Forgets, in the background, the grants of calls that failed.
+    fn forget_lost(self: &Arc<Self>) {
+        let lost = {
+            let mut local = self.local();
+            if local.lost.is_empty() {
+                return;
+            }
+            std::mem::take(&mut local.lost)
+        };
+        for Lost {
+            auth,
+            id,
+            route,
+            major,
+        } in lost
+        {
+            drop(self.write("forget", auth, vec![route, major, id.to_string()], None));
+        }
     }
 
     /// The policy of the embedded memory store: the share of the global
@@ -671,10 +742,19 @@ impl RedisStore {
             millis(policy.expire_after).to_string(),
         ];
         inner.writes_done().await;
-        let reply = inner
-            .run(auth, "acquire", args)
-            .await
-            .map_err(|why| inner.unavailable(&why))?;
+        let reply = match inner.run(auth, "acquire", args).await {
+            Ok(reply) => reply,
+            Err(why) => {
+                inner.lost(Lost {
+                    auth,
+                    id,
+                    route: route.route().to_string(),
+                    major: inner.major(route.major()),
+                });
+                return Err(inner.unavailable(&why));
+            }
+        };
+        self.inner.forget_lost();
         let code = int(&reply, 0);
         if code < 0 {
             inner.learn_count(auth, code, int(&reply, 1));
@@ -794,11 +874,15 @@ impl Store for RedisStore {
                 key: guess,
             }));
         }
-        if !inner.try_remote() {
+        if inner.backing_off() {
             let why = inner.unavailable("unreachable (waiting to try again)");
             return StoreFuture::ready(self.on_failure(why, || self.fallback_acquire(request)));
         }
         StoreFuture::boxed(async move {
+            if !inner.try_remote() {
+                let why = inner.unavailable("unreachable (waiting to try again)");
+                return self.on_failure(why, || self.fallback_acquire(request));
+            }
             match self.acquire_remote(request, guess).await {
                 Err(why) => self.on_failure(why, || self.fallback_acquire(request)),
                 answer => answer,
@@ -824,11 +908,15 @@ impl Store for RedisStore {
             }
             Ok(passed)
         };
-        if !inner.try_remote() {
+        if inner.backing_off() {
             let why = inner.unavailable("unreachable (waiting to try again)");
             return StoreFuture::ready(self.on_failure(why, fallback));
         }
         StoreFuture::boxed(async move {
+            if !inner.try_remote() {
+                let why = inner.unavailable("unreachable (waiting to try again)");
+                return self.on_failure(why, fallback);
+            }
             let id = inner.next_id();
             let args = vec![
                 call.policy.invalid_ceiling.unwrap_or(0).to_string(),
@@ -839,8 +927,18 @@ impl Store for RedisStore {
             inner.writes_done().await;
             let reply = match inner.run(auth, "pass", args).await {
                 Ok(reply) => reply,
-                Err(why) => return self.on_failure(inner.unavailable(&why), fallback),
+                Err(why) => {
+                    let (route, major) = (String::new(), String::new());
+                    inner.lost(Lost {
+                        auth,
+                        id,
+                        route,
+                        major,
+                    });
+                    return self.on_failure(inner.unavailable(&why), fallback);
+                }
             };
+            self.inner.forget_lost();
             match int(&reply, 0) {
                 1 => {
                     inner.local().passes.entry(auth).or_default().push(id);
