@@ -59,7 +59,7 @@ const TASKS: usize = 8;
 /// The one token.
 const TOKEN: &str = "many-processes";
 /// Bucket-bound: requests per window of the one channel's bucket.
-const BUCKET_LIMIT: u32 = 20;
+const BUCKET_LIMIT: u32 = 10;
 /// Bucket-bound: the bucket's window.
 const BUCKET_WINDOW: Duration = Duration::from_secs(1);
 /// Global-bound: requests per second, in the server and in every layer.
