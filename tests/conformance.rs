@@ -46,6 +46,7 @@ macro_rules! conformance {
                 a_lost_request_counts_unless_the_token_is_known_good,
                 passes_count_in_flight,
                 a_slot_released_unsent_comes_back_to_its_window_only,
+                a_ceiling_of_zero_refuses_every_request,
                 $($($lease_case,)*)?
             );
         }

@@ -589,6 +589,9 @@ pub enum StoreError {
     Refused(Error),
     /// The store could not answer (unreachable, timed out...).
     Unavailable(String),
+    /// The store's settings are wrong (a URL that does not parse, a key
+    /// prefix it cannot use...): retrying cannot help.
+    Invalid(String),
 }
 
 impl fmt::Display for StoreError {
@@ -596,6 +599,7 @@ impl fmt::Display for StoreError {
         match self {
             Self::Refused(e) => fmt::Display::fmt(e, f),
             Self::Unavailable(why) => write!(f, "rate-limit store unavailable: {why}"),
+            Self::Invalid(why) => write!(f, "invalid rate-limit store settings: {why}"),
         }
     }
 }
@@ -613,6 +617,9 @@ impl From<StoreError> for Error {
         match e {
             StoreError::Refused(e) => e,
             StoreError::Unavailable(reason) => Error::StoreUnavailable { reason },
+            StoreError::Invalid(why) => Error::StoreUnavailable {
+                reason: format!("invalid settings: {why}"),
+            },
         }
     }
 }

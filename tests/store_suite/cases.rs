@@ -593,3 +593,27 @@ pub async fn a_far_future_window_id_is_not_believed(h: &mut Harness) {
     assert_eq!(leases.len(), 1, "3 left less the 2 in flight");
     waits_about(next, Bucket, secs(1));
 }
+
+/// ARCHITECTURE.md §6: a ceiling of 0 lets no request go (the count, 0,
+/// has reached it); `None` is no ceiling.
+pub async fn a_ceiling_of_zero_refuses_every_request(h: &mut Harness) {
+    h.policy.invalid_ceiling = Some(0);
+    refused(
+        h.acquire(&channel(1), A).await,
+        Error::InvalidRequestLimit {
+            count: 0,
+            ceiling: 0,
+        },
+    );
+    h.policy.invalid_ceiling = None;
+    h.policy.invalid_ceiling_total = Some(0);
+    refused(
+        h.acquire(&channel(1), A).await,
+        Error::InvalidRequestLimitTotal {
+            count: 0,
+            ceiling: 0,
+        },
+    );
+    h.policy.invalid_ceiling_total = None;
+    granted(h.acquire(&channel(1), A).await);
+}

@@ -48,8 +48,11 @@ end
 -- A deadline at most a day ahead.
 local function clamp(t) return math.min(t, now + DAY) end
 
+-- A TTL until `at`, never shorter than the key has: a write computed from
+-- an older instant must not cut what a newer one set.
 local function expire(key, at)
-  redis.call('PEXPIRE', key, math.max(math.floor(clamp(at) - now), 1))
+  local ms = math.max(math.floor(clamp(at) - now), 1)
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
 end
 
 -- A hash as a table of numbers.
@@ -118,7 +121,7 @@ end
 
 -- 'open', 'held', or 'reached' with the count.
 local function ceiling(prefix, limit)
-  if limit <= 0 then return 'open', 0 end
+  if limit < 0 then return 'open', 0 end
   local count = inv_count(prefix .. 'inv')
   if count >= limit then return 'reached', count end
   if count + live(prefix .. 'if') >= limit then return 'held', count end
@@ -138,7 +141,7 @@ local function end_flight(id)
 end
 
 -- --------------------------------------------------------------- the token
-local AUTH_FIELDS = {'thr', 'kv', 'ep', 'eff', 'step', 'ghold', 'nraise', 'raised'}
+local AUTH_FIELDS = {'thr', 'kv', 'eff', 'step', 'ghold', 'nraise', 'raised'}
 
 local function save_auth(a)
   local until_at = now + INVALID_WINDOW
@@ -216,12 +219,29 @@ local BUCKET_FIELDS = {'lim', 'rem', 'rst', 'win', 'wend', 'blk', 'unl', 'gen', 
 local function bkey(id, major) return base .. 'b:' .. id .. ':' .. major end
 local function lkey(id, major) return base .. 'l:' .. id .. ':' .. major end
 
+-- A lease carried by a remap (§4.5) is in several lease sets: `c:<id>`
+-- names them, so that its end frees it in every one.
+local function carry_lease(id, deadline, to)
+  redis.call('ZADD', to, deadline, id)
+  local c = base .. 'c:' .. id
+  redis.call('SADD', c, to)
+  expire(c, deadline + SECOND)
+end
+
+local function end_lease(id)
+  local c = base .. 'c:' .. id
+  for _, k in ipairs(redis.call('SMEMBERS', c)) do redis.call('ZREM', k, id) end
+  redis.call('DEL', c)
+end
+
 local function save_bucket(key, lk, b, expire_after)
   local until_at = math.max(now, b.used or now)
   for _, t in ipairs({b.rst, b.blk, last_score(lk)}) do
     if t then until_at = math.max(until_at, t) end
   end
-  b.gen = b.gen or 0
+  -- A new bucket's first generation is its birth: a lease of an earlier
+  -- life of the key (before a restart, a flush, an expiry) never matches.
+  b.gen = b.gen or now
   b.rem = b.rem or 0
   b.mov = b.mov or now
   save(key, b, BUCKET_FIELDS, until_at + expire_after)
@@ -234,7 +254,7 @@ local function refresh(b, inflight)
   if b.rst and b.rst <= now then
     b.rem = math.max(b.lim - inflight, 0)
     b.rst = nil
-    b.gen = (b.gen or 0) + 1
+    b.gen = (b.gen or now) + 1
     b.mov = now
   elseif not b.rst and inflight == 0 and (b.rem or 0) == 0 then
     b.rst = now + FALLBACK_RESET
@@ -335,7 +355,7 @@ local function apply(b, f, at, inflight, granted)
   if order == 'stale' then
     -- Landed in a window that is over: the current one counted it in
     -- flight when it began, and need not.
-    if believed and granted and granted ~= (b.gen or 0) then
+    if believed and granted and granted ~= b.gen then
       b.rem = math.min((b.rem or 0) + 1, lim)
     end
     return
@@ -354,7 +374,7 @@ local function apply(b, f, at, inflight, granted)
     b.rst = reset
     b.win = id
     b.wend = reset
-    b.gen = (b.gen or 0) + 1
+    b.gen = (b.gen or at) + 1
     b.mov = at
   else
     b.rem = math.min(b.rem or 0, header_rem)
@@ -439,8 +459,8 @@ if op == 'acquire' then
   if all == 'reached' then return {-2, all_n, all_ceiling} end
   local held = own == 'held' or all == 'held'
   -- The counts, when a ceiling made them known (-1: not counted).
-  if own_ceiling <= 0 then own_n = -1 end
-  if all_ceiling <= 0 then all_n = -1 end
+  if own_ceiling < 0 then own_n = -1 end
+  if all_ceiling < 0 then all_n = -1 end
 
   local a = load(base .. 'auth')
   local throttled = nil
@@ -463,7 +483,8 @@ if op == 'acquire' then
   local b = load(key)
   local inflight = live(lk)
   local reply_hash = hash or ''
-  local epoch = a.ep or 0
+  -- The remap epoch lives with the route map, which outlives `auth`.
+  local epoch = tonumber(redis.call('HGET', base .. 'routes', '#ep') or '') or 0
 
   local function wait(code, until_at)
     local w = -1
@@ -488,7 +509,8 @@ if op == 'acquire' then
     zexpire(base .. 'gif')
     gslot = 1
   end
-  local gen = b.gen or 0
+  b.gen = b.gen or now
+  local gen = b.gen
   b.rem = math.max((b.rem or 0) - 1, 0)
   b.used = now
   redis.call('ZADD', lk, deadline, id)
@@ -516,11 +538,11 @@ elseif op == 'record' or op == 'release' then
   local routes = base .. 'routes'
   local current = redis.call('HGET', routes, route)
   local gk, glk = bkey(gid, major), lkey(gid, major)
-  redis.call('ZREM', glk, id)
-  -- Carried to the route's current bucket by a remap (§4.5): ends there too.
-  if current and 'h:' .. current ~= gid then
-    redis.call('ZREM', lkey('h:' .. current, major), id)
-  end
+  -- Whether the lease was live here: one of an earlier life of the key
+  -- (expired, or the state lost) was reserved by no window of this one.
+  local was_live = redis.call('ZREM', glk, id) == 1
+  -- Carried to other buckets by remaps (§4.5): ends there too.
+  end_lease(id)
   end_flight(id)
 
   if op == 'release' then
@@ -535,7 +557,7 @@ elseif op == 'record' or op == 'release' then
     end
     if redis.call('EXISTS', gk) == 1 then
       local b = load(gk)
-      if not sent and gen == (b.gen or 0) and b.lim then
+      if was_live and not sent and gen == b.gen and b.lim then
         b.rem = math.min((b.rem or 0) + 1, b.lim)
       end
       save_bucket(gk, glk, b, expire_after)
@@ -569,8 +591,8 @@ elseif op == 'record' or op == 'release' then
           carry = current and gid == 'h:' .. current
         end
         if current then
-          a.ep = (a.ep or 0) + 1
-          redis.call('HSET', routes, route .. '#e', a.ep)
+          local ep = redis.call('HINCRBY', routes, '#ep', 1)
+          redis.call('HSET', routes, route .. '#e', ep)
         end
         redis.call('HSET', routes, route, f.bucket)
         known = f.bucket
@@ -589,7 +611,7 @@ elseif op == 'record' or op == 'release' then
   local key, lk = gk, glk
   if moved then
     key, lk = bkey(target, major), lkey(target, major)
-    for i = 1, #carried, 2 do redis.call('ZADD', lk, carried[i + 1], carried[i]) end
+    for i = 1, #carried, 2 do carry_lease(carried[i], tonumber(carried[i + 1]), lk) end
   elseif redis.call('EXISTS', gk) == 0 then
     save_auth(a)
     return counts()
@@ -601,7 +623,7 @@ elseif op == 'record' or op == 'release' then
     block(b, at + f.hold, not f.shared)
   elseif f.has_bucket_headers and named then
     local granted = nil
-    if not moved then granted = gen end
+    if was_live and not moved then granted = gen end
     apply(b, f, at, inflight, granted)
   elseif f.success and not f.any_header then
     if not b.lim then b.unl = 1 end
@@ -637,9 +659,18 @@ elseif op == 'forget' then
   -- A call that failed in its process (a timeout) may have been granted
   -- here all the same (a frozen Redis read it late): its request never
   -- went. Free its places; refund nothing (ARCHITECTURE.md §9.11).
-  local route, major, id = ARGV[3], ARGV[4], ARGV[5]
+  -- Also a write (record, release, end_pass) that Redis never ran: its
+  -- lease ends as if released; a request that was sent keeps its global
+  -- slot for a second, as after an answer.
+  local route, major, id, gid, sent = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7] == '1'
   end_flight(id)
-  redis.call('ZREM', base .. 'gif', id)
+  if sent then
+    gfinish(id, now)
+  else
+    redis.call('ZREM', base .. 'gif', id)
+  end
+  end_lease(id)
+  if gid ~= '' then redis.call('ZREM', lkey(gid, major), id) end
   if route ~= '' then
     redis.call('ZREM', lkey('r:' .. route, major), id)
     local hash = redis.call('HGET', base .. 'routes', route)
@@ -649,14 +680,14 @@ elseif op == 'forget' then
 
 elseif op == 'extend_429' then
   local gid, major = ARGV[3], ARGV[4]
-  local conf = tonumber(ARGV[5])
-  local f = read_facts(6)
+  local conf, expire_after, id = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+  local f = read_facts(8)
   local at = now - f.age
   if not (f.rejected and f.hold) then return {0} end
   if f.global then
     local a = load(base .. 'auth')
     a.thr = clamp(math.max(a.thr or 0, at + f.hold))
-    if conf > 0 then glower(a, conf, at, 'x' .. tostring(now)) end
+    if conf > 0 then glower(a, conf, at, id) end
     save_auth(a)
     return {1}
   end
@@ -672,7 +703,7 @@ elseif op == 'extend_429' then
   else
     block(b, until_at, not f.shared)
   end
-  save_bucket(key, lk, b, 10 * SECOND)
+  save_bucket(key, lk, b, expire_after)
   return {1}
 end
 

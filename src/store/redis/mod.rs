@@ -118,8 +118,11 @@ impl RedisStoreBuilder {
     }
 
     /// A namespace secret the fingerprints of tokens are keyed by (default
-    /// none): without it, a fingerprint in Redis means nothing. Every
-    /// process sharing limits must use the same.
+    /// none). Set one: without it a fingerprint is a public function of
+    /// the token, so whoever reads Redis could check a guessed token
+    /// against it (hopeless for a bot token's entropy, but needless), and
+    /// fingerprints in logs link across deployments. Every process sharing
+    /// limits must use the same.
     pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
         self.secret = secret.as_ref().to_vec();
         self
@@ -176,20 +179,20 @@ impl RedisStoreBuilder {
     /// The store. Checks the settings; does not connect.
     pub fn build(self) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
+            .map_err(|e| StoreError::Invalid(format!("invalid Redis URL: {e}")))?;
         let ok = !self.prefix.is_empty()
             && self
                 .prefix
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
         if !ok {
-            return Err(StoreError::Unavailable(format!(
+            return Err(StoreError::Invalid(format!(
                 "invalid key prefix {:?}: letters, digits and -_.: only",
                 self.prefix
             )));
         }
         if self.timeout.is_zero() || self.lease_ttl.is_zero() {
-            return Err(StoreError::Unavailable(
+            return Err(StoreError::Invalid(
                 "the timeout and the lease TTL must be above zero".into(),
             ));
         }
@@ -282,6 +285,10 @@ struct Lost {
     /// The route and major parameters (empty for a pass).
     route: String,
     major: String,
+    /// The key the lease was granted under, when known.
+    granted: String,
+    /// The request may have been sent: its global slot frees a second on.
+    sent: bool,
 }
 
 /// What this process knows of the shared state, for its queues and
@@ -331,8 +338,19 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Writes {
     next: AtomicU64,
-    open: Mutex<BTreeSet<u64>>,
+    /// Writes under way: (sequence, the token whose keys they write).
+    open: Mutex<BTreeSet<(u64, AuthHash)>>,
     done: Notify,
+}
+
+/// Ends a write's place in the queue however its future ends: run to its
+/// end, or dropped (a runtime shutting down).
+struct WriteDone(Arc<Inner>, u64, AuthHash);
+
+impl Drop for WriteDone {
+    fn drop(&mut self) {
+        self.0.write_done(self.1, self.2);
+    }
 }
 
 /// A reply of the script: integers and strings.
@@ -362,6 +380,11 @@ fn millis(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
+/// A ceiling as the script reads it: `-1` for none.
+fn ceiling_arg(ceiling: Option<u32>) -> String {
+    ceiling.map_or(-1, i64::from).to_string()
+}
+
 fn opt(n: Option<u32>) -> i64 {
     n.map_or(-1, i64::from)
 }
@@ -371,8 +394,9 @@ impl Inner {
         self.local.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs a write in the background, in order after every call issued
-    /// before it; on no runtime, hands it to the caller to drive.
+    /// Runs a write in the background, in order after every write of the
+    /// same token issued before it; on no runtime, hands it to the caller
+    /// to drive. `lost`: what to forget if it never runs (§9.11).
     ///
     /// "now" is the time of the call, not of the run: on the test clock
     /// taken now; on Redis' clock, the age of the answer (`args[age.0]`,
@@ -383,34 +407,42 @@ impl Inner {
         auth: AuthHash,
         mut args: Vec<String>,
         age: Option<(usize, Instant)>,
+        lost: Option<Lost>,
     ) -> StoreFuture<'static, ()> {
         let seq = self.writes.next.fetch_add(1, Ordering::AcqRel);
-        let inner = Arc::clone(self);
-        let now = self.now_arg();
-        let write = async move {
-            inner.settled(seq).await;
-            if inner.backing_off() {
-                // Redis is down: what this write would free expires there
-                // by itself (leases, ARCHITECTURE.md §9.9).
-                inner.write_done(seq);
-                return;
-            }
-            if let (Some((at, received)), None) = (age, inner.clock) {
-                args[at] = millis(Instant::now().saturating_duration_since(received)).to_string();
-            }
-            if let Ok(reply) = inner.run_at(auth, op, now, args).await {
-                inner.forget_lost();
-                if op != "extend_429" {
-                    inner.learn_invalid(auth, int(&reply, 0), int(&reply, 1));
-                }
-            }
-            inner.write_done(seq);
-        };
         self.writes
             .open
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(seq);
+            .insert((seq, auth));
+        let done = WriteDone(Arc::clone(self), seq, auth);
+        let now = self.now_arg();
+        let write = async move {
+            let inner = &done.0;
+            let ran = inner.settled(seq, Some(auth)).await && inner.try_remote() && {
+                if let (Some((at, received)), None) = (age, inner.clock) {
+                    args[at] =
+                        millis(Instant::now().saturating_duration_since(received)).to_string();
+                }
+                match inner.run_at(auth, op, now, args).await {
+                    Ok(reply) => {
+                        if op != "extend_429" {
+                            inner.learn_invalid(auth, int(&reply, 0), int(&reply, 1));
+                        }
+                        true
+                    }
+                    Err(_) => false,
+                }
+            };
+            match (ran, lost) {
+                (true, _) => done.0.forget_lost(),
+                // Redis is down, or did not answer: what this write would
+                // free is freed at the next call that succeeds.
+                (false, Some(lost)) => done.0.lost(lost),
+                (false, None) => {}
+            }
+            drop(done);
+        };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(write);
@@ -420,39 +452,52 @@ impl Inner {
         }
     }
 
-    fn write_done(&self, seq: u64) {
+    fn write_done(&self, seq: u64, auth: AuthHash) {
         self.writes
             .open
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&seq);
+            .remove(&(seq, auth));
         self.writes.done.notify_waiters();
     }
 
-    /// Waits until every write issued before `upto` is done (each bounded
-    /// by the call timeout).
-    async fn settled(&self, upto: u64) {
-        loop {
-            let notified = self.writes.done.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let first = self
-                .writes
-                .open
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .first()
-                .copied();
-            if first.is_none_or(|first| first >= upto) {
-                return;
+    /// Waits until every write issued before `upto` is done, of `auth`
+    /// alone if given (a write orders after its token's writes; a request
+    /// asks after every write, which may change the count of every token
+    /// together): `false` if that took longer than a call may (Redis is
+    /// failing).
+    async fn settled(&self, upto: u64, auth: Option<AuthHash>) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.writes.done.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let pending = self
+                    .writes
+                    .open
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .range(..(upto, AuthHash::from_u64(0)))
+                    .any(|(_, a)| auth.is_none_or(|auth| *a == auth));
+                if !pending {
+                    return;
+                }
+                notified.await;
             }
-            notified.await;
+        };
+        match self.clock {
+            Some(_) => {
+                wait.await;
+                true
+            }
+            None => tokio::time::timeout(self.timeout * 2, wait).await.is_ok(),
         }
     }
 
     /// Waits for every write issued so far.
-    async fn writes_done(&self) {
-        self.settled(self.writes.next.load(Ordering::Acquire)).await;
+    async fn writes_done(&self) -> bool {
+        self.settled(self.writes.next.load(Ordering::Acquire), None)
+            .await
     }
 
     fn next_id(&self) -> u64 {
@@ -525,8 +570,9 @@ impl Inner {
             tracing::warn!(reason = why, "rate-limit store unreachable, {policy}");
             health.down = true;
             health.backoff = MIN_BACKOFF;
-            health.next_try = Some(Instant::now() + MIN_BACKOFF);
         }
+        // The next try comes a back-off after the latest failure.
+        health.next_try = Some(Instant::now() + health.backoff);
         self.degraded.store(true, Ordering::Relaxed);
     }
 
@@ -636,14 +682,16 @@ impl Inner {
             }
             std::mem::take(&mut local.lost)
         };
-        for Lost {
-            auth,
-            id,
-            route,
-            major,
-        } in lost
-        {
-            drop(self.write("forget", auth, vec![route, major, id.to_string()], None));
+        for lost in lost {
+            let args = vec![
+                lost.route,
+                lost.major,
+                lost.id.to_string(),
+                lost.granted,
+                u8::from(lost.sent).to_string(),
+            ];
+            // Forgotten in its turn; if that fails too, the lease expires.
+            drop(self.write("forget", lost.auth, args, None, None));
         }
     }
 
@@ -735,13 +783,15 @@ impl RedisStore {
             inner.major(route.major()),
             u8::from(global).to_string(),
             policy.global_per_second.unwrap_or(0).to_string(),
-            policy.invalid_ceiling.unwrap_or(0).to_string(),
-            policy.invalid_ceiling_total.unwrap_or(0).to_string(),
+            ceiling_arg(policy.invalid_ceiling),
+            ceiling_arg(policy.invalid_ceiling_total),
             id.to_string(),
             millis(inner.lease_ttl).to_string(),
             millis(policy.expire_after).to_string(),
         ];
-        inner.writes_done().await;
+        if !inner.writes_done().await {
+            return Err(inner.unavailable("earlier calls unanswered"));
+        }
         let reply = match inner.run(auth, "acquire", args).await {
             Ok(reply) => reply,
             Err(why) => {
@@ -750,6 +800,8 @@ impl RedisStore {
                     id,
                     route: route.route().to_string(),
                     major: inner.major(route.major()),
+                    granted: String::new(),
+                    sent: false,
                 });
                 return Err(inner.unavailable(&why));
             }
@@ -919,21 +971,24 @@ impl Store for RedisStore {
             }
             let id = inner.next_id();
             let args = vec![
-                call.policy.invalid_ceiling.unwrap_or(0).to_string(),
-                call.policy.invalid_ceiling_total.unwrap_or(0).to_string(),
+                ceiling_arg(call.policy.invalid_ceiling),
+                ceiling_arg(call.policy.invalid_ceiling_total),
                 id.to_string(),
                 millis(inner.lease_ttl).to_string(),
             ];
-            inner.writes_done().await;
+            if !inner.writes_done().await {
+                return self.on_failure(inner.unavailable("earlier calls unanswered"), fallback);
+            }
             let reply = match inner.run(auth, "pass", args).await {
                 Ok(reply) => reply,
                 Err(why) => {
-                    let (route, major) = (String::new(), String::new());
                     inner.lost(Lost {
                         auth,
                         id,
-                        route,
-                        major,
+                        route: String::new(),
+                        major: String::new(),
+                        granted: String::new(),
+                        sent: false,
                     });
                     return self.on_failure(inner.unavailable(&why), fallback);
                 }
@@ -993,7 +1048,15 @@ impl Store for RedisStore {
             millis(call.policy.expire_after).to_string(),
         ];
         let age = facts_args(&mut args, facts);
-        self.inner.write("record", auth, args, age)
+        let lost = Lost {
+            auth,
+            id: lease.id(),
+            route: lease.route().to_string(),
+            major: inner.major(lease.key().major()),
+            granted: Inner::id_arg(lease.key().id()),
+            sent: true,
+        };
+        self.inner.write("record", auth, args, age, Some(lost))
     }
 
     fn release(&self, lease: Lease, sent: bool, call: Call<'_>) -> StoreFuture<'static, ()> {
@@ -1019,8 +1082,15 @@ impl Store for RedisStore {
             call.policy.global_per_second.unwrap_or(0).to_string(),
             millis(call.policy.expire_after).to_string(),
         ];
-        // Unreachable, the lease expires in Redis by itself.
-        self.inner.write("release", auth, args, None)
+        let lost = Lost {
+            auth,
+            id: lease.id(),
+            route: lease.route().to_string(),
+            major: inner.major(lease.key().major()),
+            granted: Inner::id_arg(lease.key().id()),
+            sent,
+        };
+        self.inner.write("release", auth, args, None, Some(lost))
     }
 
     fn end_pass(
@@ -1059,7 +1129,15 @@ impl Store for RedisStore {
             Some(facts) => facts_args(&mut args, facts),
             None => facts_args(&mut args, &ResponseFacts::new(http::StatusCode::OK)),
         };
-        self.inner.write("end_pass", auth, args, age)
+        let lost = Lost {
+            auth,
+            id,
+            route: String::new(),
+            major: String::new(),
+            granted: String::new(),
+            sent: false,
+        };
+        self.inner.write("end_pass", auth, args, age, Some(lost))
     }
 
     fn extend_429(
@@ -1083,9 +1161,11 @@ impl Store for RedisStore {
             key.map_or_else(String::new, |k| Inner::id_arg(k.id())),
             key.map_or_else(String::new, |k| inner.major(k.major())),
             call.policy.global_per_second.unwrap_or(0).to_string(),
+            millis(call.policy.expire_after).to_string(),
+            inner.next_id().to_string(),
         ];
         let age = facts_args(&mut args, facts);
-        self.inner.write("extend_429", auth, args, age)
+        self.inner.write("extend_429", auth, args, age, None)
     }
 
     fn stats(&self, call: Call<'_>) -> StoreStats {
