@@ -48,9 +48,15 @@ end
 -- A deadline at most a day ahead.
 local function clamp(t) return math.min(t, now + DAY) end
 
--- A TTL until `at`, never shorter than the key has: a write computed from
--- an older instant must not cut what a newer one set.
+-- A TTL until `at`.
 local function expire(key, at)
+  redis.call('PEXPIRE', key, math.max(math.floor(clamp(at) - now), 1))
+end
+
+-- A TTL until `at`, never shorter than the key has: for a key written as
+-- of an older instant (an answer's), which must not cut what a write as of
+-- a newer one set.
+local function extend(key, at)
   local ms = math.max(math.floor(clamp(at) - now), 1)
   if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
 end
@@ -116,7 +122,7 @@ end
 local function inv_add(key, at)
   local slot = math.floor(at / INVALID_SLOT)
   redis.call('HINCRBY', key, slot, 1)
-  expire(key, (slot + 1) * INVALID_SLOT + INVALID_WINDOW + 10 * SECOND)
+  extend(key, (slot + 1) * INVALID_SLOT + INVALID_WINDOW + 10 * SECOND)
 end
 
 -- 'open', 'held', or 'reached' with the count.
