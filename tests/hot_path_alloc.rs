@@ -67,12 +67,15 @@ const REQUESTS: usize = 1_000;
 
 /// Most allocations the layer may add to a request that does not wait, over
 /// the bare service's. Measured at 2946ae4: lower it as the hot path
-/// improves.
+/// improves. (At 2946ae4 all three come from `Extensions::insert` of the
+/// response's `RateLimitInfo`: the extensions' map, its table, the boxed
+/// value.)
 const LAYER_ALLOCATIONS: usize = 3;
 
 /// Most bytes the layer may allocate for a request that does not wait, over
 /// the bare service's. Measured at 2946ae4: lower it as the hot path
-/// improves.
+/// improves. (At 2946ae4: 32 B of map, 148 B of table, 152 B of
+/// `RateLimitInfo`, on x86_64.)
 const LAYER_BYTES: usize = 332;
 
 /// Allocations and bytes per request.
