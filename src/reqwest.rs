@@ -32,7 +32,7 @@
 use ::reqwest::header::AUTHORIZATION;
 use ::reqwest::{Request, Response, ResponseBuilderExt, StatusCode};
 use ::reqwest_middleware::{Middleware, Next, Result};
-use http::{Extensions, Uri};
+use http::Extensions;
 
 use crate::body::Read429;
 use crate::limiter::Start;
@@ -73,10 +73,10 @@ impl Middleware for RateLimitMiddleware {
     ) -> Result<Response> {
         let route = match extensions.get::<CompiledRoute>() {
             Some(route) => route.clone(),
-            None => {
-                let uri = req.url().path().parse::<Uri>().unwrap_or_default();
-                self.limiter.resolver().resolve(req.method(), &uri)
-            }
+            None => self
+                .limiter
+                .resolver()
+                .resolve(req.method(), req.url().path()),
         };
         let auth = self.limiter.auth_hash(req.headers().get(AUTHORIZATION));
         let started = match route.limits() {
