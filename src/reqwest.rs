@@ -25,9 +25,17 @@
 //! keeps one set of buckets for both clients.
 //!
 //! Put [`RateLimitMiddleware`] last (innermost) in the chain, after any retry
-//! middleware, so that each attempt waits for its slot. A request whose
+//! middleware, so that each attempt waits for its slot. With the feature
+//! `reqwest-retry`, `RetryStrategy` tells `reqwest_retry`'s
+//! `RetryTransientMiddleware` what to retry, by the rules of
+//! [`RetryPolicy`](crate::retry::RetryPolicy). A request whose
 //! extensions (given with `RequestBuilder::with_extension`) hold a
 //! [`CompiledRoute`] is limited under it.
+
+#[cfg(feature = "reqwest-retry")]
+mod retry;
+#[cfg(feature = "reqwest-retry")]
+pub use retry::RetryStrategy;
 
 use ::reqwest::header::AUTHORIZATION;
 use ::reqwest::{Request, Response, ResponseBuilderExt, StatusCode};
