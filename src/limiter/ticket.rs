@@ -69,6 +69,13 @@ impl Ticket {
         self.sent = true;
     }
 
+    /// The request marked sent never left this process after all (the
+    /// client refused to build it): dropped, the slot goes back whole.
+    #[cfg(feature = "reqwest-middleware")]
+    pub(crate) fn mark_unsent(&mut self) {
+        self.sent = false;
+    }
+
     /// Learns from the response to the request; returns whether a 429 is
     /// held by the limiter for its wait (see [`TooManyRequests::held`]), and
     /// the store's call if it is still under way: the caller drives it to
