@@ -94,6 +94,8 @@
 //! - `reqwest-middleware` (implies `reqwest` and `retry`):
 //!   [`reqwest::RateLimitMiddleware`] for `reqwest_middleware` clients,
 //!   sharing a [`Limiter`] with tower layers.
+//! - `metrics`: counters, a histogram and gauges on the `metrics` facade;
+//!   the names are listed in the `metrics` module.
 //!
 //! # Errors
 //!
@@ -113,6 +115,12 @@ mod future;
 mod headers;
 mod layer;
 mod limiter;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+// Without the feature, the recording points compile to nothing.
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 #[cfg(feature = "reqwest-middleware")]
 pub mod reqwest;
 #[cfg(feature = "retry")]

@@ -138,6 +138,8 @@ struct Shared {
     /// its answers neither wrapped nor dispatched (the fast path; the same
     /// calls as through the trait).
     memory: Option<Arc<MemoryStore>>,
+    /// This limiter's part of the buckets gauge (feature `metrics`).
+    buckets_gauge: crate::metrics::Buckets,
 }
 
 impl fmt::Debug for Shared {
@@ -296,6 +298,7 @@ impl Limiter {
                 fingerprint: store.fingerprint().cloned(),
                 store,
                 sweeper: AtomicBool::new(false),
+                buckets_gauge: crate::metrics::Buckets::new(),
             }),
         }
     }
@@ -342,6 +345,7 @@ impl Limiter {
     pub fn stats(&self) -> Stats {
         let shared = &self.shared;
         let c = shared.store.stats(shared.call());
+        shared.buckets_gauge.set(c.buckets);
         Stats {
             buckets: c.buckets,
             routes: c.routes,
@@ -362,6 +366,11 @@ impl Limiter {
 
     /// Asks for a slot: granted now, or a future that waits for one.
     pub(crate) fn start(&self, route: CompiledRoute, auth: AuthHash) -> Result<Start, Error> {
+        crate::metrics::request(route.limits());
+        counted(self.start_uncounted(route, auth))
+    }
+
+    fn start_uncounted(&self, route: CompiledRoute, auth: AuthHash) -> Result<Start, Error> {
         let shared = &self.shared;
         if shared.is_closed() {
             return Err(Error::Closed);
@@ -396,6 +405,11 @@ impl Limiter {
     /// only while the requests in flight could reach one, and its answer is
     /// still counted.
     pub(crate) fn pass(&self, auth: AuthHash) -> Result<Start, Error> {
+        crate::metrics::request(Limits::None);
+        counted(self.pass_uncounted(auth))
+    }
+
+    fn pass_uncounted(&self, auth: AuthHash) -> Result<Start, Error> {
         let shared = &self.shared;
         if shared.is_closed() {
             return Err(Error::Closed);
@@ -459,6 +473,9 @@ impl Shared {
     fn sweep(&self) -> usize {
         let dropped = self.store.sweep(self.call());
         self.queues.sweep();
+        #[cfg(feature = "metrics")]
+        self.buckets_gauge
+            .set(self.store.stats(self.call()).buckets);
         dropped
     }
 }
@@ -486,14 +503,39 @@ fn first_answer(
             let global = reason.is_global();
             tracing::debug!(route = %route.route(), ?until, global, "waiting for the rate limit");
             let waiter = asking.place(key);
+            let waiting = crate::metrics::Waiting::begin(reason);
             Ok(Start::Wait(Box::pin(wait_turn(
                 Arc::clone(shared),
                 route,
                 auth,
                 waiter,
+                waiting,
             ))))
         }
     }
+}
+
+/// Counts the limiter's failure of a request (feature `metrics`): at once,
+/// or when the request's wait ends in one. Without the feature, `started`
+/// as it is.
+#[inline(always)]
+fn counted(started: Result<Start, Error>) -> Result<Start, Error> {
+    #[cfg(feature = "metrics")]
+    let started = match started {
+        Err(error) => {
+            crate::metrics::failed(&error);
+            Err(error)
+        }
+        Ok(Start::Wait(wait)) => Ok(Start::Wait(Box::pin(async move {
+            let waited = wait.await;
+            if let Err(error) = &waited {
+                crate::metrics::failed(error);
+            }
+            waited
+        }))),
+        go => go,
+    };
+    started
 }
 
 /// Runs what a store does after an answer: at once for a store that is

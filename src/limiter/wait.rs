@@ -446,6 +446,8 @@ pub(super) async fn wait_pass(shared: Arc<Shared>, auth: AuthHash) -> Result<Tic
     tokio::pin!(closed);
     closed.as_mut().enable();
     let queue = Arc::clone(&shared.queues.exempt);
+    // Counted and timed from the first refusal (feature `metrics`).
+    let mut waiting = None;
     loop {
         // Listen before asking, so that no wake-up is lost between.
         let notified = queue.notify.notified();
@@ -461,6 +463,9 @@ pub(super) async fn wait_pass(shared: Arc<Shared>, auth: AuthHash) -> Result<Tic
         };
         if go {
             return Ok(Ticket::pass(&shared, auth));
+        }
+        if waiting.is_none() {
+            waiting = Some(crate::metrics::Waiting::begin(WaitReason::Ceiling));
         }
         let sleep = async {
             match bounded(&shared, None) {
@@ -515,6 +520,8 @@ pub(super) async fn wait_turn(
     route: CompiledRoute,
     auth: AuthHash,
     mut waiter: Waiter,
+    // Counted and timed until the wait ends (feature `metrics`).
+    _waiting: crate::metrics::Waiting,
 ) -> Result<Ticket, Error> {
     let closed = shared.close.notified();
     tokio::pin!(closed);
