@@ -136,7 +136,7 @@ pub use headers::{BucketHash, RateLimitInfo, Scope, TooManyRequests};
 pub use layer::{Builder, RateLimitLayer};
 pub use limiter::{AuthHash, Limiter, Stats};
 pub use service::RateLimit;
-pub use store::{MemoryStore, Store};
+pub use store::{BucketStats, MemoryStore, Store};
 
 /// The service's error type, the same as `tower::BoxError`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

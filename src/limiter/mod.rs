@@ -21,9 +21,10 @@ use tokio::sync::Notify;
 
 use crate::error::Error;
 use crate::layer::Builder;
-use crate::route::{CompiledRoute, Limits, RouteResolver};
+use crate::route::{CompiledRoute, Limits, Route, RouteResolver};
 use crate::store::{
-    AcquireRequest, Acquired, BucketKey, Call, Lease, Policy, ResponseFacts, Store, StoreFuture,
+    AcquireRequest, Acquired, BucketKey, BucketStats, Call, Lease, Policy, ResponseFacts, Store,
+    StoreFuture,
 };
 
 mod bucket;
@@ -356,6 +357,70 @@ impl Limiter {
             invalid_requests_total: c.invalid_requests_total,
             store_degraded: c.degraded,
         }
+    }
+
+    /// Every bucket the limiter holds, for dashboards: its key (bucket
+    /// hash, major parameters, [`AuthHash`]), the routes that use it, and
+    /// what it has left now. No token appears in it.
+    ///
+    /// Answered by the store ([`Store::bucket_stats`]): the memory store
+    /// answers for every bucket; a store that cannot answer from this
+    /// process, such as the Redis store, answers none.
+    ///
+    /// ```
+    /// # async fn run() {
+    /// use tower_rest_ratelimit::Limiter;
+    ///
+    /// let limiter = Limiter::new();
+    /// // ... requests go through layers built on `limiter` ...
+    /// for bucket in limiter.bucket_stats() {
+    ///     println!(
+    ///         "{:?} {:?}: {:?}/{:?} left, reset in {:?}, {} in flight, {} waiting",
+    ///         bucket.key.id(),
+    ///         bucket.key.major(),
+    ///         bucket.remaining,
+    ///         bucket.limit,
+    ///         bucket.reset_after,
+    ///         bucket.in_flight,
+    ///         bucket.waiters,
+    ///     );
+    /// }
+    /// # }
+    /// ```
+    pub fn bucket_stats(&self) -> Vec<BucketStats> {
+        self.collect_bucket_stats(None)
+    }
+
+    /// The buckets the requests of `route` use: its bucket under every
+    /// major parameter and authentication (shared with the other routes of
+    /// its hash), and its unknown bucket while its hash is being learned.
+    /// Like Twilight's `bucket(path)`; see [`bucket_stats`](Self::bucket_stats).
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_rest_ratelimit::route::{DiscordResolver, RouteResolver};
+    /// use tower_rest_ratelimit::Limiter;
+    ///
+    /// let limiter = Limiter::new();
+    /// let uri = "https://discord.com/api/v10/channels/1/messages".parse().unwrap();
+    /// let route = DiscordResolver.resolve(&Method::POST, &uri);
+    /// for bucket in limiter.bucket_stats_for(route.route()) {
+    ///     if bucket.key.major() == route.major() {
+    ///         println!("{:?} of {:?} left", bucket.remaining, bucket.limit);
+    ///     }
+    /// }
+    /// ```
+    pub fn bucket_stats_for(&self, route: &Route) -> Vec<BucketStats> {
+        self.collect_bucket_stats(Some(route))
+    }
+
+    fn collect_bucket_stats(&self, route: Option<&Route>) -> Vec<BucketStats> {
+        let shared = &self.shared;
+        let mut stats = shared.store.bucket_stats(route, shared.call());
+        for bucket in &mut stats {
+            bucket.waiters = shared.queues.waiters_at(&bucket.key);
+        }
+        stats
     }
 
     /// Drops stale buckets now, as the background sweeper does every half

@@ -187,6 +187,14 @@ impl Queues {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// Requests waiting at `key`'s queue.
+    pub(crate) fn waiters_at(&self, key: &BucketKey) -> usize {
+        if self.waiting.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        lock(&self.buckets).get(key).map_or(0, |q| q.waiters())
+    }
+
     /// Drops the queues no one waits in or holds, and gives their room
     /// back (ARCHITECTURE.md §7.2).
     pub(crate) fn sweep(&self) {
