@@ -28,6 +28,8 @@
 mod clock;
 mod frames;
 mod log;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod recorder;
 #[cfg(unix)]
 pub mod redis;
@@ -54,6 +56,9 @@ pub use self::clock::{gaps, settle, tick_clock, within, HANG, TICK};
 pub use self::frames::{create_message, steps, user_429, FrameError, Frames, Step};
 #[allow(unused_imports)]
 pub use self::log::{BucketKey, LoggedRequest, Scope, WindowCount};
+#[cfg(feature = "metrics")]
+#[allow(unused_imports)]
+pub use self::metrics::{MetricsRecorder, Series, Value};
 #[allow(unused_imports)]
 pub use self::recorder::{record_events, Recorder};
 #[allow(unused_imports)]
