@@ -13,7 +13,7 @@
 //! | `tower_rest_ratelimit_wait_seconds` | histogram | `reason`, as above | how long each of those waits lasted: until granted, failed, or dropped by its caller |
 //! | `tower_rest_ratelimit_429_total` | counter | `scope`: `user`, `shared`, `global`, `cloudflare` | 429 answers; `cloudflare`: a body that is not JSON (an IP ban), `global`: Discord's global limit; a 429 naming no scope counts as `user` |
 //! | `tower_rest_ratelimit_invalid_requests_total` | counter | none | answers that count as invalid requests (401, 403, 429 but `shared`: Discord bans an IP at 10,000 in ten minutes) |
-//! | `tower_rest_ratelimit_errors_total` | counter | `kind`: `rate_limit_too_long`, `invalid_request_limit`, `invalid_request_limit_total`, `closed`, `store_unavailable` | requests the limiter failed without sending them ([`Error`](crate::Error)); a closed layer's `poll_ready` refusal is not one (no request was made) |
+//! | `tower_rest_ratelimit_errors_total` | counter | `kind`: `rate_limit_too_long`, `invalid_request_limit`, `invalid_request_limit_total`, `closed`, `store_unavailable`, `unsupported_url` | requests the limiter failed without sending them ([`Error`](crate::Error)); a closed layer's `poll_ready` refusal is not one (no request was made) |
 //! | `tower_rest_ratelimit_buckets` | gauge | none | buckets held (known and still unknown), as of the last sweep or [`Limiter::stats`](crate::Limiter::stats) |
 //! | `tower_rest_ratelimit_waiters` | gauge | none | requests waiting now |
 //! | `tower_rest_ratelimit_in_flight` | gauge | none | requests granted a slot (or a pass) and not yet answered |
@@ -224,6 +224,9 @@ mod imp {
             ),
             Error::StoreUnavailable { .. } => {
                 counter!("tower_rest_ratelimit_errors_total", "kind" => "store_unavailable")
+            }
+            Error::UnsupportedUrl { .. } => {
+                counter!("tower_rest_ratelimit_errors_total", "kind" => "unsupported_url")
             }
         }
         .increment(1);

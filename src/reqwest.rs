@@ -91,10 +91,11 @@ impl Middleware for RateLimitMiddleware {
         // before it takes a slot or counts as sent.
         let url = req.url();
         if !matches!(url.scheme(), "http" | "https") {
-            let scheme = url.scheme().to_owned();
-            return Err(::reqwest_middleware::Error::middleware(
-                crate::Error::UnsupportedUrl { scheme },
-            ));
+            let error = crate::Error::UnsupportedUrl {
+                scheme: url.scheme().to_owned(),
+            };
+            crate::metrics::failed(&error);
+            return Err(::reqwest_middleware::Error::middleware(error));
         }
         let route = match extensions.get::<CompiledRoute>() {
             Some(route) => route.clone(),

@@ -69,6 +69,7 @@ fn assert_bounded_labels(recorder: &MetricsRecorder) {
                     "invalid_request_limit_total",
                     "closed",
                     "store_unavailable",
+                    "unsupported_url",
                 ],
                 other => panic!("undocumented label {other:?} on {series:?}"),
             };
