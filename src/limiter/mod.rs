@@ -402,8 +402,7 @@ impl Limiter {
     /// use tower_rest_ratelimit::Limiter;
     ///
     /// let limiter = Limiter::new();
-    /// let uri = "https://discord.com/api/v10/channels/1/messages".parse().unwrap();
-    /// let route = DiscordResolver.resolve(&Method::POST, &uri);
+    /// let route = DiscordResolver.resolve(&Method::POST, "/api/v10/channels/1/messages");
     /// for bucket in limiter.bucket_stats_for(route.route()) {
     ///     if bucket.key.major() == route.major() {
     ///         println!("{:?} of {:?} left", bucket.remaining, bucket.limit);
