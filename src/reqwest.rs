@@ -30,14 +30,14 @@
 //! [`CompiledRoute`] is limited under it.
 
 use ::reqwest::header::AUTHORIZATION;
-use ::reqwest::{Request, Response, ResponseBuilderExt, StatusCode};
+use ::reqwest::{Request, Response, ResponseBuilderExt};
 use ::reqwest_middleware::{Middleware, Next, Result};
 use http::{Extensions, Uri};
+use tracing::Instrument;
 
-use crate::body::Read429;
-use crate::limiter::Start;
-use crate::route::{CompiledRoute, Limits};
-use crate::{Limiter, RateLimitInfo};
+use crate::limiter::{self, Acquire, Answer, AuthHash};
+use crate::route::CompiledRoute;
+use crate::Limiter;
 
 /// Rate limits the requests of a `reqwest_middleware` client with a
 /// [`Limiter`]. See the [module docs](self) for an example.
@@ -79,64 +79,56 @@ impl Middleware for RateLimitMiddleware {
             }
         };
         let auth = self.limiter.auth_hash(req.headers().get(AUTHORIZATION));
-        let started = match route.limits() {
-            // No limit applies, but the answer still counts.
-            Limits::None => self.limiter.pass(auth),
-            _ => self.limiter.start(route, auth),
-        };
-        let mut ticket = match started {
-            Ok(Start::Go(ticket)) => ticket,
-            Ok(Start::Wait(wait)) => wait
-                .await
-                .map_err(::reqwest_middleware::Error::middleware)?,
-            Err(error) => return Err(::reqwest_middleware::Error::middleware(error)),
-        };
-        if ticket.is_closed() {
-            return Err(::reqwest_middleware::Error::middleware(
-                crate::Error::Closed,
-            ));
-        }
-        ticket.mark_sent();
-        // An error drops the ticket: the slot is no longer in flight.
-        let mut response = next.run(req, extensions).await?;
-        let info = RateLimitInfo::from_headers(response.headers());
-        let status = response.status();
-        if status != StatusCode::TOO_MANY_REQUESTS {
-            let (_, settling) = ticket.record(status, &info);
+        let span = limiter::span(&route);
+        limited(&self.limiter, route, auth, &span, req, extensions, next)
+            .instrument(span.clone())
+            .await
+    }
+}
+
+/// One request, in its span: the same steps as the tower response future
+/// (`src/future.rs`), through the same permit.
+async fn limited(
+    limiter: &Limiter,
+    route: CompiledRoute,
+    auth: AuthHash,
+    span: &tracing::Span,
+    req: Request,
+    extensions: &mut Extensions,
+    next: Next<'_>,
+) -> Result<Response> {
+    use ::reqwest_middleware::Error as MwError;
+    let mut permit = match limiter.acquire(route, auth, span) {
+        Ok(Acquire::Ready(permit)) => permit,
+        Ok(Acquire::Wait(wait)) => wait.await.map_err(MwError::middleware)?,
+        Err(error) => return Err(MwError::middleware(error)),
+    };
+    // Closed while waiting: not sent.
+    permit.send().map_err(MwError::middleware)?;
+    // An error drops the permit: the slot is no longer in flight.
+    let mut response = next.run(req, extensions).await?;
+    let rejected = match permit.answer(response.status(), response.headers()) {
+        Answer::Recorded { info, settling } => {
             // A store whose answers come later: the response is handed on
             // once its answer is recorded (ARCHITECTURE.md §9.4); dropped
             // before, the record runs on in the background.
-            if !settling.is_done() {
-                settling.await;
-            }
+            settling.await;
             response.extensions_mut().insert(info);
             return Ok(response);
         }
-
-        // Recorded now: a caller that drops the future while the body is
-        // read loses none of it.
-        let mut pending = ticket.record_429(response.headers(), &info);
-        let url = response.url().clone();
-        let mut read = Read429::new(http::Response::<::reqwest::Body>::from(response), info);
-        std::future::poll_fn(|cx| {
-            pending.poll_recording(cx);
-            read.poll_read(cx)
-        })
-        .await;
-        let (response, mut info) = read.finish();
-        let (held, settling) = pending.finish(&info);
-        if !settling.is_done() {
-            settling.await;
-        }
-        if let Some(rejected) = info.too_many_requests.as_mut() {
-            rejected.held = held;
-        }
-        let (mut parts, body) = response.into_parts();
-        parts.extensions.insert(info);
-        if let Ok(with_url) = http::Response::builder().url(url).body(()) {
-            parts.extensions.extend(with_url.into_parts().0.extensions);
-        }
-        let body = ::reqwest::Body::wrap(body);
-        Ok(Response::from(http::Response::from_parts(parts, body)))
+        Answer::TooMany(rejected) => rejected,
+    };
+    // A 429: its body is read (and handed on byte for byte) as a
+    // `http::Response`, then made a `reqwest::Response` again, its URL kept.
+    let url = response.url().clone();
+    let mut reading = rejected.read(http::Response::<::reqwest::Body>::from(response));
+    std::future::poll_fn(|cx| reading.poll_read(cx)).await;
+    let (response, settling) = reading.finish();
+    settling.await;
+    let (mut parts, body) = response.into_parts();
+    if let Ok(with_url) = http::Response::builder().url(url).body(()) {
+        parts.extensions.extend(with_url.into_parts().0.extensions);
     }
+    let body = ::reqwest::Body::wrap(body);
+    Ok(Response::from(http::Response::from_parts(parts, body)))
 }
