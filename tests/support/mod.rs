@@ -55,7 +55,7 @@ pub use self::frames::{create_message, steps, user_429, FrameError, Frames, Step
 #[allow(unused_imports)]
 pub use self::log::{BucketKey, LoggedRequest, Scope, WindowCount};
 #[allow(unused_imports)]
-pub use self::recorder::{record_events, Recorder};
+pub use self::recorder::{record_events, record_events_at, Recorder};
 #[allow(unused_imports)]
 pub use self::response::{limited_body, Override, RATE_LIMITED_MESSAGE};
 #[allow(unused_imports)]
