@@ -42,7 +42,7 @@ use crate::Limiter;
 /// Rate limits the requests of a `reqwest_middleware` client with a
 /// [`Limiter`]. See the [module docs](self) for an example.
 ///
-/// Responses carry a [`RateLimitInfo`] extension; a 429's body is read (up
+/// Responses carry a [`RateLimitInfo`](crate::RateLimitInfo) extension; a 429's body is read (up
 /// to 64 KiB) and handed on byte for byte. The limiter's own failures come as
 /// `reqwest_middleware::Error::Middleware` wrapping an
 /// [`Error`](crate::Error).
