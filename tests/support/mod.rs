@@ -60,7 +60,7 @@ pub use self::log::{BucketKey, LoggedRequest, Scope, WindowCount};
 #[allow(unused_imports)]
 pub use self::metrics::{MetricsRecorder, Series, Value};
 #[allow(unused_imports)]
-pub use self::recorder::{record_events, Recorder};
+pub use self::recorder::{record_events, record_events_at, Recorder};
 #[allow(unused_imports)]
 pub use self::response::{limited_body, Override, RATE_LIMITED_MESSAGE};
 #[allow(unused_imports)]
