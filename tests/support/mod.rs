@@ -27,6 +27,7 @@
 
 mod clock;
 mod frames;
+mod helpers;
 mod log;
 #[cfg(feature = "metrics")]
 mod metrics;
@@ -35,6 +36,7 @@ mod recorder;
 pub mod redis;
 mod response;
 mod route;
+mod scripted;
 mod seen;
 mod server;
 mod stall;
@@ -55,6 +57,8 @@ pub use self::clock::{gaps, settle, tick_clock, within, HANG, TICK};
 #[allow(unused_imports)]
 pub use self::frames::{create_message, steps, user_429, FrameError, Frames, Step};
 #[allow(unused_imports)]
+pub use self::helpers::{auth, idle, ms, pins, secs, send, statuses};
+#[allow(unused_imports)]
 pub use self::log::{BucketKey, LoggedRequest, Scope, WindowCount};
 #[cfg(feature = "metrics")]
 #[allow(unused_imports)]
@@ -62,9 +66,14 @@ pub use self::metrics::{MetricsRecorder, Series, Value};
 #[allow(unused_imports)]
 pub use self::recorder::{record_events, record_events_at, Recorder};
 #[allow(unused_imports)]
-pub use self::response::{limited_body, Override, RATE_LIMITED_MESSAGE};
+pub use self::response::{limited_body, secs3, Override, RATE_LIMITED_MESSAGE};
 #[allow(unused_imports)]
 pub use self::route::{derived_hash, Route, INTERACTION_TOKEN_PREFIX};
+#[allow(unused_imports)]
+pub use self::scripted::{
+    epoch, ScriptedBucket, ScriptedClient, ScriptedNet, Scripting, SCRIPTED_START_MS,
+    SCRIPTED_TOKEN,
+};
 #[allow(unused_imports)]
 pub use self::seen::Seen;
 #[allow(unused_imports)]
