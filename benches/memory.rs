@@ -105,7 +105,7 @@ fn measure(what: &str, n: u64, global: Option<u32>, pair: impl Fn(u64) -> (u64, 
     runtime().block_on(async {
         let expire_after = Duration::from_secs(10);
         let layer = RateLimitLayer::builder()
-            .global_limit(global)
+            .global_limit(global.and_then(std::num::NonZeroU32::new))
             .expire_after(expire_after)
             .build();
         let limiter = layer.limiter().clone();

@@ -83,7 +83,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// limit too high to wait at (its bookkeeping is measured, not its waits).
 fn layered(store: Option<RedisStore>) -> RateLimit<Discord> {
     let mut builder = RateLimitLayer::builder()
-        .global_limit(Some(1_000_000))
+        .global_limit(std::num::NonZeroU32::new(1_000_000))
         .expire_after(Duration::from_secs(3600));
     if let Some(store) = store {
         builder = builder.store(Arc::new(store));

@@ -50,9 +50,7 @@ async fn limiters() -> Result<Vec<Limiter>, tower::BoxError> {
             println!(
                 "{LIMITERS} limiters that share nothing (as {LIMITERS} processes without Redis):"
             );
-            Ok((0..LIMITERS)
-                .map(|_| Limiter::builder().build_limiter())
-                .collect())
+            Ok((0..LIMITERS).map(|_| Limiter::builder().build()).collect())
         }
         Some("--redis") => {
             let url = args.get(1).map_or("redis://127.0.0.1:6379", String::as_str);
@@ -92,7 +90,7 @@ async fn redis_limiters(url: &str) -> Result<Vec<Limiter>, tower::BoxError> {
     let mut limiters = Vec::new();
     for _ in 0..LIMITERS {
         let store = RedisStore::builder(url).prefix(prefix.as_str()).build()?;
-        limiters.push(Limiter::builder().store(Arc::new(store)).build_limiter());
+        limiters.push(Limiter::builder().store(Arc::new(store)).build());
     }
     Ok(limiters)
 }

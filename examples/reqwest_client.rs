@@ -18,7 +18,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tower_rest_ratelimit::reqwest::RateLimitMiddleware;
+use tower_rest_ratelimit::middleware::RateLimitMiddleware;
 use tower_rest_ratelimit::{Limiter, RateLimitInfo};
 
 const CHANNELS: u64 = 2;

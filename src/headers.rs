@@ -90,11 +90,32 @@ impl fmt::Display for BucketHash {
     }
 }
 
-impl From<&str> for BucketHash {
-    /// A bucket hash from text; characters that are not visible ASCII make
-    /// an empty hash.
-    fn from(hash: &str) -> Self {
-        Self(HeaderValue::from_str(hash).unwrap_or(HeaderValue::from_static("")))
+/// Text that is no bucket hash: empty, over 128 bytes, or not all visible
+/// ASCII.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a bucket hash: 1 to 128 visible ASCII characters")]
+pub struct InvalidBucketHash;
+
+impl TryFrom<&str> for BucketHash {
+    type Error = InvalidBucketHash;
+
+    /// A bucket hash from text, as `X-RateLimit-Bucket` would carry it.
+    fn try_from(hash: &str) -> Result<Self, InvalidBucketHash> {
+        let visible = hash.bytes().all(|b| b.is_ascii_graphic());
+        if hash.is_empty() || hash.len() > MAX_BUCKET_LEN || !visible {
+            return Err(InvalidBucketHash);
+        }
+        HeaderValue::from_str(hash)
+            .map(Self)
+            .map_err(|_| InvalidBucketHash)
+    }
+}
+
+impl std::str::FromStr for BucketHash {
+    type Err = InvalidBucketHash;
+
+    fn from_str(hash: &str) -> Result<Self, InvalidBucketHash> {
+        Self::try_from(hash)
     }
 }
 
@@ -398,6 +419,17 @@ fn to_duration(secs: f64, what: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Text that is no bucket hash is an error, never an empty hash.
+    #[test]
+    fn a_bucket_hash_from_text_is_checked() {
+        let hash: BucketHash = "80c17d2f203122d936070c88c8d10f33".parse().expect("a hash");
+        assert_eq!(hash.as_str(), "80c17d2f203122d936070c88c8d10f33");
+        for bad in ["", "a b", "é", "\n", &"x".repeat(129)] {
+            assert_eq!(BucketHash::try_from(bad), Err(InvalidBucketHash), "{bad:?}");
+        }
+        assert!(BucketHash::try_from("x".repeat(128).as_str()).is_ok());
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -1,5 +1,7 @@
 //! The layer and its builder.
 
+use std::marker::PhantomData;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,16 +27,20 @@ impl RateLimitLayer {
     /// limit of 50 requests per second per authentication, buckets expiring
     /// 10 s after their reset, no invalid-request ceiling, and the
     /// [`DiscordResolver`].
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A builder for a layer with other settings.
-    pub fn builder() -> Builder {
+    /// A builder of a layer with other settings: its
+    /// [`build`](Builder::build) gives a `RateLimitLayer` with a limiter of
+    /// its own.
+    pub fn builder() -> Builder<RateLimitLayer> {
         Builder::new()
     }
 
     /// A layer over an existing limiter, sharing its state.
+    #[must_use]
     pub fn with_limiter(limiter: Limiter) -> Self {
         Self { limiter }
     }
@@ -53,38 +59,73 @@ impl<S> Layer<S> for RateLimitLayer {
     }
 }
 
-/// Settings for a [`Limiter`] and its [`RateLimitLayer`].
+/// Settings of a limiter; [`build`](Self::build) gives what the builder
+/// was made for: a [`RateLimitLayer`] from [`RateLimitLayer::builder`], a
+/// [`Limiter`] (to share between layers and clients) from
+/// [`Limiter::builder`].
 ///
 /// ```
+/// use std::num::NonZeroU32;
 /// use std::time::Duration;
-/// use tower_rest_ratelimit::RateLimitLayer;
+/// use tower_rest_ratelimit::{Limiter, RateLimitLayer};
 ///
-/// let layer = RateLimitLayer::builder()
+/// let layer: RateLimitLayer = RateLimitLayer::builder()
 ///     .max_rate_limit(Duration::from_secs(30))
-///     .global_limit(None) // the server's 429s alone will tell
+///     .global_limit(NonZeroU32::new(40))
 ///     .expire_after(Duration::from_secs(60))
 ///     .invalid_request_ceiling(Some(9_000))
 ///     .build();
-/// # let _ = layer;
+///
+/// let limiter: Limiter = Limiter::builder()
+///     .global_limit(None) // the server's 429s alone will tell
+///     .build();
+/// # let _ = (layer, limiter);
 /// ```
-#[derive(Clone)]
-pub struct Builder {
+#[must_use = "a builder does nothing until built"]
+pub struct Builder<T = RateLimitLayer> {
     config: Config,
+    builds: PhantomData<fn() -> T>,
 }
 
-impl std::fmt::Debug for Builder {
+impl<T> Clone for Builder<T> {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            builds: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Builder<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Builder").field(&self.config).finish()
     }
 }
 
-impl Default for Builder {
+impl<T> Default for Builder<T> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Builder {
+impl Builder<RateLimitLayer> {
+    /// A layer with a limiter of its own, of these settings.
+    #[must_use]
+    pub fn build(self) -> RateLimitLayer {
+        RateLimitLayer::with_limiter(Limiter::from_config(self.config))
+    }
+}
+
+impl Builder<Limiter> {
+    /// A limiter of these settings, to share between layers
+    /// ([`RateLimitLayer::with_limiter`]) and clients.
+    #[must_use]
+    pub fn build(self) -> Limiter {
+        Limiter::from_config(self.config)
+    }
+}
+
+impl<T> Builder<T> {
     /// Discord's defaults, as [`RateLimitLayer::new`].
     pub fn new() -> Self {
         Self {
@@ -94,6 +135,7 @@ impl Builder {
                 resolver: Arc::new(DiscordResolver),
                 store: None,
             },
+            builds: PhantomData,
         }
     }
 
@@ -106,11 +148,11 @@ impl Builder {
     }
 
     /// The proactive global limit, in requests per second per
-    /// authentication; `None` disables it (the global 429s still throttle).
-    /// Default `Some(50)`, Discord's limit for most bots; `Some(0)` is taken
-    /// as 1. A global 429 lowers it for a while.
-    pub fn global_limit(mut self, per_second: Option<u32>) -> Self {
-        self.config.policy.global_per_second = per_second.map(|n| n.max(1));
+    /// authentication (`NonZeroU32::new(50)`); `None` disables it (the
+    /// global 429s still throttle). Default 50, Discord's limit for most
+    /// bots. A global 429 lowers it for a while.
+    pub fn global_limit(mut self, per_second: Option<NonZeroU32>) -> Self {
+        self.config.policy.global_per_second = per_second.map(NonZeroU32::get);
         self
     }
 
@@ -210,15 +252,5 @@ impl Builder {
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.config.store = Some(store);
         self
-    }
-
-    /// A layer with a new limiter of these settings.
-    pub fn build(self) -> RateLimitLayer {
-        RateLimitLayer::with_limiter(self.build_limiter())
-    }
-
-    /// A limiter of these settings, to share between layers.
-    pub fn build_limiter(self) -> Limiter {
-        Limiter::from_config(self.config)
     }
 }

@@ -41,6 +41,21 @@
 //! # }
 //! ```
 //!
+//! # The public API on one screen
+//!
+//! | item | what it is |
+//! |---|---|
+//! | [`RateLimitLayer`], [`RateLimit`], [`ResponseFuture`], [`ResponseBody`] | the tower layer, its service, future and response body |
+//! | [`Limiter`] | the state one or more layers and clients share: `stats()`, `bucket_stats()`, `close()`, `invalid_requests()` |
+//! | [`Builder`] | settings: `RateLimitLayer::builder().build()` gives a layer, `Limiter::builder().build()` a limiter |
+//! | [`RateLimitInfo`], [`TooManyRequests`], [`Scope`], [`BucketHash`] | what a response said, as an extension of the response |
+//! | [`Error`], [`Stats`], [`BucketStats`], [`AuthHash`] | the limiter's own failures, its figures, and how it names a token (never in clear) |
+//! | [`route`] | [`route::CompiledRoute`] and the resolvers: [`route::DiscordResolver`], or a closure `|method, path| ...` |
+//! | `retry` | `RetryPolicy` for `tower::retry` (feature `retry`) |
+//! | `middleware` | `RateLimitMiddleware` for `reqwest_middleware` clients, `RetryStrategy` for `reqwest-retry` (features `reqwest-middleware`, `reqwest-retry`) |
+//! | [`store`] | where limits live: the [`Store`] trait, [`MemoryStore`], `RedisStore` (feature `redis`) |
+//! | `metrics` | metric names and `describe()` (feature `metrics`) |
+//!
 //! # Routes
 //!
 //! A request is limited under its [`route::CompiledRoute`]: put one in the
@@ -73,7 +88,7 @@
 //!   and the client) bounds one request on the wire only, which is also
 //!   sensible; never put one outside the retry alone expecting it to cut a
 //!   single attempt.
-//! - With reqwest, use [`reqwest::RateLimitMiddleware`] (feature
+//! - With reqwest, use [`middleware::RateLimitMiddleware`] (feature
 //!   `reqwest-middleware`) last in the middleware chain, after any retry
 //!   middleware, for the same reason.
 //!
@@ -92,7 +107,7 @@
 //! - `reqwest`: [`retry::CloneBody`] for `reqwest::Body`, to retry plain
 //!   `reqwest::Client` requests sent through the layer.
 //! - `reqwest-middleware` (implies `reqwest` and `retry`):
-//!   [`reqwest::RateLimitMiddleware`] for `reqwest_middleware` clients,
+//!   [`middleware::RateLimitMiddleware`] for `reqwest_middleware` clients,
 //!   sharing a [`Limiter`] with tower layers.
 //! - `metrics`: counters, a histogram and gauges on the `metrics` facade;
 //!   the names are listed in the `metrics` module.
@@ -122,7 +137,7 @@ pub mod metrics;
 #[cfg(not(feature = "metrics"))]
 mod metrics;
 #[cfg(feature = "reqwest-middleware")]
-pub mod reqwest;
+pub mod middleware;
 #[cfg(feature = "retry")]
 pub mod retry;
 pub mod route;
@@ -132,7 +147,7 @@ pub mod store;
 pub use body::ResponseBody;
 pub use error::Error;
 pub use future::ResponseFuture;
-pub use headers::{BucketHash, RateLimitInfo, Scope, TooManyRequests};
+pub use headers::{BucketHash, InvalidBucketHash, RateLimitInfo, Scope, TooManyRequests};
 pub use layer::{Builder, RateLimitLayer};
 pub use limiter::{AuthHash, Limiter, Stats};
 pub use service::RateLimit;

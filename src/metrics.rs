@@ -203,7 +203,9 @@ mod imp {
             Limits::BucketOnly => {
                 counter!("tower_rest_ratelimit_requests_total", "limits" => "bucket_only")
             }
-            Limits::None => counter!("tower_rest_ratelimit_requests_total", "limits" => "none"),
+            Limits::Unlimited => {
+                counter!("tower_rest_ratelimit_requests_total", "limits" => "none")
+            }
         }
         .increment(1);
     }

@@ -110,7 +110,7 @@ impl RetryPolicy {
 
     /// The back-off before the retry after the `n`th error (from 0):
     /// 2^n + U\[0, 1) seconds, at most 16 s.
-    pub fn backoff(n: u32) -> Duration {
+    pub(crate) fn backoff(n: u32) -> Duration {
         let base = Duration::from_secs(1u64 << n.min(4));
         (base + jitter()).min(MAX_BACKOFF)
     }
@@ -239,11 +239,11 @@ clone_body!(
 );
 
 #[cfg(feature = "reqwest")]
-impl CloneBody for ::reqwest::Body {
+impl CloneBody for reqwest::Body {
     /// A copy of a body held in memory; `None` for a stream.
     fn clone_body(&self) -> Option<Self> {
         self.as_bytes()
-            .map(|b| ::reqwest::Body::from(Bytes::copy_from_slice(b)))
+            .map(|b| reqwest::Body::from(Bytes::copy_from_slice(b)))
     }
 }
 

@@ -37,7 +37,7 @@
 //!         let mut segments = path.trim_start_matches("/v1/").split('/');
 //!         match (segments.next(), segments.next()) {
 //!             (Some("health"), None) => {
-//!                 CompiledRoute::new(Route::new(method.clone(), "/health")).with_limits(Limits::None)
+//!                 CompiledRoute::new(Route::new(method.clone(), "/health")).with_limits(Limits::Unlimited)
 //!             }
 //!             (Some("projects"), Some(id)) => {
 //!                 CompiledRoute::new(Route::new(method.clone(), "/projects/{project_id}"))
@@ -62,7 +62,7 @@
 //! let layer = RateLimitLayer::builder()
 //!     .resolver(|method, path| {
 //!         if path.starts_with("/internal/") {
-//!             CompiledRoute::new(Route::new(method.clone(), "/internal")).with_limits(Limits::None)
+//!             CompiledRoute::new(Route::new(method.clone(), "/internal")).with_limits(Limits::Unlimited)
 //!         } else {
 //!             DiscordResolver.resolve(method, path)
 //!         }
@@ -201,9 +201,10 @@ pub enum Limits {
     /// Its bucket only, not the global limit (Discord's interaction
     /// follow-ups).
     BucketOnly,
-    /// None: the request goes straight through (Discord's interaction
-    /// callbacks and `POST /oauth2/token`).
-    None,
+    /// No limit: the request goes straight through (Discord's interaction
+    /// callbacks and `POST /oauth2/token`); its answer still counts toward
+    /// the invalid-request ceilings.
+    Unlimited,
 }
 
 /// A [`Route`] plus the values of its major parameters: what one request is

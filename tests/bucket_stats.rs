@@ -311,7 +311,7 @@ async fn a_store_without_bucket_stats_answers_none() {
     let (_sim, addr) = sim_with_messages(5, Duration::from_secs(5)).start();
     let limiter = Limiter::builder()
         .store(Arc::new(Silent::default()))
-        .build_limiter();
+        .build();
     send(layered(&limiter), post(&addr.to_string(), 1, TOKEN))
         .await
         .unwrap();

@@ -269,7 +269,7 @@ async fn requests_dropped_at_random_points_leave_nothing_behind() {
         .start();
     let base = addr.to_string();
     let layer = RateLimitLayer::builder()
-        .global_limit(Some(GLOBAL_LIMIT))
+        .global_limit(std::num::NonZeroU32::new(GLOBAL_LIMIT))
         .max_rate_limit(Duration::from_secs(5))
         .build();
     let limiter = layer.limiter().clone();

@@ -35,8 +35,7 @@ impl Harness {
     fn start(limiter: Builder) -> Harness {
         let (sim, service) = Simulator::new().service();
         let stalls = StallControl::default();
-        let svc = RateLimitLayer::with_limiter(limiter.build_limiter())
-            .layer(Stall::new(service, &stalls));
+        let svc = limiter.build().layer(Stall::new(service, &stalls));
         Harness { sim, stalls, svc }
     }
 
@@ -343,7 +342,7 @@ async fn dropped_while_reading_a_429_body_leaves_nothing_behind() {
 #[tokio::test(start_paused = true)]
 async fn reqwest_middleware_records_a_429_dropped_mid_body() {
     use reqwest_middleware::ClientBuilder;
-    use tower_rest_ratelimit::reqwest::RateLimitMiddleware;
+    use tower_rest_ratelimit::middleware::RateLimitMiddleware;
 
     let _tick = tick_clock();
     let (sim, service) = Simulator::new().service();

@@ -41,13 +41,13 @@ struct Harness {
 }
 
 impl Harness {
-    fn start(limiter: Builder) -> Harness {
+    fn start(limiter: Builder<Limiter>) -> Harness {
         let (sim, addr) = Simulator::new().start();
         Harness {
             sim,
             base: addr.to_string(),
             net: Net::new(client()),
-            limiter: limiter.build_limiter(),
+            limiter: limiter.build(),
         }
     }
 
@@ -120,7 +120,7 @@ fn assert_invalid_request_limit(err: &BoxError, what: &str) {
 /// ARCHITECTURE.md §2.1: their 429 is not held, so the retry waits its `retry_after`, a bounded number of times.
 #[tokio::test(start_paused = true)]
 async fn retry_waits_retry_after_of_a_429_on_a_route_no_limit_applies_to() {
-    let h = Harness::start(RateLimitLayer::builder());
+    let h = Harness::start(Limiter::builder());
     let svc = h.with_retry();
     // More 429s than the policy retries.
     for _ in 0..8 {
@@ -144,7 +144,7 @@ async fn retry_waits_retry_after_of_a_429_on_a_route_no_limit_applies_to() {
 /// ARCHITECTURE.md §4.7: on a bucketed route the limiter holds the 429 (`held`), so the retry waits the hold once, not twice.
 #[tokio::test(start_paused = true)]
 async fn retry_waits_the_hold_once_of_a_429_on_a_bucketed_route() {
-    let h = Harness::start(RateLimitLayer::builder());
+    let h = Harness::start(Limiter::builder());
     let svc = h.with_retry();
     let path = messages(1);
     for _ in 0..8 {
@@ -170,7 +170,7 @@ async fn retry_waits_the_hold_once_of_a_429_on_a_bucketed_route() {
 /// ARCHITECTURE.md §2.1: a global 429 there throttles the token's other routes but is not held for the follow-up.
 #[tokio::test(start_paused = true)]
 async fn global_429_on_an_interaction_follow_up_throttles_other_routes_but_not_held() {
-    let h = Harness::start(RateLimitLayer::builder());
+    let h = Harness::start(Limiter::builder());
     let svc = h.layer();
     h.sim
         .push_override_for(FOLLOW_UP, Override::GlobalLimit { retry_after: 2.0 });
@@ -200,7 +200,7 @@ async fn global_429_on_an_interaction_follow_up_throttles_other_routes_but_not_h
 /// ARCHITECTURE.md §2.1: RetryPolicy waits a global 429's `retry_after` there instead of retrying at once.
 #[tokio::test(start_paused = true)]
 async fn retry_waits_retry_after_of_a_global_429_on_an_interaction_follow_up() {
-    let h = Harness::start(RateLimitLayer::builder());
+    let h = Harness::start(Limiter::builder());
     let svc = h.with_retry();
     h.sim
         .push_override_for(FOLLOW_UP, Override::GlobalLimit { retry_after: 2.0 });
@@ -266,7 +266,7 @@ async fn ceiling_holds_every_route_of_the_token(h: &Harness) {
 /// ARCHITECTURE.md §6: on `POST /oauth2/token` too, and its ceiling then fails fast.
 #[tokio::test(start_paused = true)]
 async fn invalid_answers_on_oauth2_token_count_and_reach_the_ceiling() {
-    let h = Harness::start(RateLimitLayer::builder().invalid_request_ceiling(Some(2)));
+    let h = Harness::start(Limiter::builder().invalid_request_ceiling(Some(2)));
     two_invalid_answers(&h, OAUTH).await;
     ceiling_holds_every_route_of_the_token(&h).await;
 }
@@ -274,7 +274,7 @@ async fn invalid_answers_on_oauth2_token_count_and_reach_the_ceiling() {
 /// ARCHITECTURE.md §6: on an interaction callback too, and its ceiling then fails fast.
 #[tokio::test(start_paused = true)]
 async fn invalid_answers_on_an_interaction_callback_count_and_reach_the_ceiling() {
-    let h = Harness::start(RateLimitLayer::builder().invalid_request_ceiling(Some(2)));
+    let h = Harness::start(Limiter::builder().invalid_request_ceiling(Some(2)));
     two_invalid_answers(&h, CALLBACK).await;
     ceiling_holds_every_route_of_the_token(&h).await;
 }
@@ -285,7 +285,7 @@ async fn invalid_answers_on_an_interaction_callback_count_and_reach_the_ceiling(
 /// attempt.
 #[tokio::test(start_paused = true)]
 async fn retry_does_not_wait_out_a_retry_after_beyond_its_maximum() {
-    let h = Harness::start(RateLimitLayer::builder());
+    let h = Harness::start(Limiter::builder());
     let svc = h.with_retry();
     h.sim
         .push_override_for("/oauth2/token", Override::user_429(3600.0));

@@ -14,7 +14,7 @@ use http::header::AUTHORIZATION;
 use http::HeaderValue;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use support::{tick_clock, Handle, Override, Simulator};
-use tower_rest_ratelimit::reqwest::RateLimitMiddleware;
+use tower_rest_ratelimit::middleware::RateLimitMiddleware;
 use tower_rest_ratelimit::{Error, Limiter, RateLimitInfo};
 
 const AUTH: &str = "Bot a";
@@ -40,9 +40,7 @@ fn invalid(limiter: &Limiter) -> u32 {
 #[tokio::test(start_paused = true)]
 async fn middleware_counts_invalid_answers_on_routes_no_limit_applies_to() {
     let _tick = tick_clock();
-    let limiter = Limiter::builder()
-        .invalid_request_ceiling(Some(2))
-        .build_limiter();
+    let limiter = Limiter::builder().invalid_request_ceiling(Some(2)).build();
     let (sim, client, base) = start(&limiter);
 
     for (n, (path, status, body)) in [(OAUTH, 401, UNAUTHORIZED), (CALLBACK, 403, FORBIDDEN)]

@@ -43,10 +43,7 @@ impl Harness {
     fn start(sim: Simulator, limiter: Builder) -> Harness {
         let (sim, addr) = sim.start();
         let net = Net::new(client());
-        let svc = tower::Layer::layer(
-            &RateLimitLayer::with_limiter(limiter.build_limiter()),
-            net.clone(),
-        );
+        let svc = tower::Layer::layer(&limiter.build(), net.clone());
         Harness {
             sim,
             base: addr.to_string(),
@@ -326,7 +323,7 @@ async fn interaction_callbacks_and_follow_ups_are_exempt_from_the_global_limit()
 async fn configured_global_limit_of_10() {
     let h = Harness::start(
         Simulator::new(),
-        RateLimitLayer::builder().global_limit(Some(10)),
+        RateLimitLayer::builder().global_limit(std::num::NonZeroU32::new(10)),
     );
     let t0 = Instant::now();
     let tasks = (0..30)

@@ -41,9 +41,9 @@ struct Harness {
 }
 
 impl Harness {
-    fn start(builder: Builder) -> Harness {
+    fn start(builder: Builder<Limiter>) -> Harness {
         let (sim, addr) = Simulator::new().latency(LATENCY).start();
-        let limiter = builder.build_limiter();
+        let limiter = builder.build();
         let svc = RateLimitLayer::with_limiter(limiter.clone()).layer(client());
         Harness {
             sim,
@@ -125,7 +125,7 @@ fn split(out: Vec<Result<u16, BoxError>>) -> (Vec<u16>, Vec<(u32, u32)>) {
 /// `InvalidRequestLimit` once the count reaches the ceiling.
 #[tokio::test(start_paused = true)]
 async fn concurrent_requests_with_a_bad_token_stay_within_the_ceiling() {
-    let h = Harness::start(RateLimitLayer::builder().invalid_request_ceiling(Some(10)));
+    let h = Harness::start(Limiter::builder().invalid_request_ceiling(Some(10)));
     h.bad_answers(40);
     let reqs = (0..40)
         .map(|c| h.request(Method::POST, &messages(c), "bad"))
@@ -149,7 +149,7 @@ async fn concurrent_requests_with_a_bad_token_stay_within_the_ceiling() {
 /// interaction callback) are bounded by the ceiling too.
 #[tokio::test(start_paused = true)]
 async fn concurrent_requests_on_an_exempt_route_stay_within_the_ceiling() {
-    let h = Harness::start(RateLimitLayer::builder().invalid_request_ceiling(Some(10)));
+    let h = Harness::start(Limiter::builder().invalid_request_ceiling(Some(10)));
     h.bad_answers(40);
     let reqs = (0..40)
         .map(|_| h.request(Method::POST, CALLBACK, "bad"))
@@ -172,7 +172,7 @@ async fn concurrent_requests_on_an_exempt_route_stay_within_the_ceiling() {
 /// as invalid, so timeouts do not get around the ceiling.
 #[tokio::test(start_paused = true)]
 async fn requests_dropped_in_flight_count_until_the_token_is_known_good() {
-    let h = Harness::start(RateLimitLayer::builder().invalid_request_ceiling(Some(3)));
+    let h = Harness::start(Limiter::builder().invalid_request_ceiling(Some(3)));
     h.sim.set_latency(Duration::from_secs(2));
     h.bad_answers(10);
     let mut refused = 0;
@@ -199,7 +199,7 @@ async fn requests_dropped_in_flight_count_until_the_token_is_known_good() {
     assert_eq!(refused, 7);
 
     // A token known good is not charged for its timeouts.
-    let good = Harness::start(RateLimitLayer::builder().invalid_request_ceiling(Some(3)));
+    let good = Harness::start(Limiter::builder().invalid_request_ceiling(Some(3)));
     let first = send(
         good.svc.clone(),
         good.request(Method::GET, "/api/v10/users/@me", "good"),
@@ -220,7 +220,7 @@ async fn requests_dropped_in_flight_count_until_the_token_is_known_good() {
 /// with a ceiling far away, all 40 leave together.
 #[tokio::test(start_paused = true)]
 async fn valid_requests_flow_under_the_ceiling() {
-    let h = Harness::start(RateLimitLayer::builder().invalid_request_ceiling(Some(10)));
+    let h = Harness::start(Limiter::builder().invalid_request_ceiling(Some(10)));
     let t0 = Instant::now();
     let reqs = (0..40)
         .map(|c| h.request(Method::POST, &messages(c), "good"))
@@ -232,7 +232,7 @@ async fn valid_requests_flow_under_the_ceiling() {
     assert!(took < 4 * LATENCY + Duration::from_millis(100), "{took:?}");
     assert_eq!(h.invalid("good"), 0);
 
-    let h = Harness::start(RateLimitLayer::builder().invalid_request_ceiling(Some(1_000)));
+    let h = Harness::start(Limiter::builder().invalid_request_ceiling(Some(1_000)));
     let reqs = (0..40)
         .map(|c| h.request(Method::POST, &messages(c), "good"))
         .collect();
@@ -247,7 +247,7 @@ async fn valid_requests_flow_under_the_ceiling() {
 /// invalid requests in all; the others fail with `InvalidRequestLimitTotal`.
 #[tokio::test(start_paused = true)]
 async fn three_tokens_stay_within_the_limiter_wide_ceiling() {
-    let h = Harness::start(RateLimitLayer::builder().invalid_request_ceiling_total(Some(10)));
+    let h = Harness::start(Limiter::builder().invalid_request_ceiling_total(Some(10)));
     h.bad_answers(45);
     let reqs = ["a", "b", "c"]
         .iter()
@@ -306,7 +306,7 @@ async fn three_tokens_stay_within_the_limiter_wide_ceiling() {
 #[tokio::test(start_paused = true)]
 async fn shared_429s_are_not_invalid_for_either_ceiling() {
     let h = Harness::start(
-        RateLimitLayer::builder()
+        Limiter::builder()
             .invalid_request_ceiling(Some(2))
             .invalid_request_ceiling_total(Some(2)),
     );

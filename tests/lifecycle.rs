@@ -766,7 +766,7 @@ async fn one_limiter_shared_by_two_layers_keeps_one_quota() {
     let _tick = tick_clock();
     let (sim, addr) = Simulator::new().latency(Duration::from_millis(50)).start();
     let base = addr.to_string();
-    let limiter = Limiter::builder().build_limiter();
+    let limiter = Limiter::builder().build();
     let services = [
         RateLimitLayer::with_limiter(limiter.clone()).layer(client()),
         RateLimitLayer::with_limiter(limiter.clone()).layer(client()),
@@ -962,10 +962,10 @@ const SWEEP_AFTER: Duration = Duration::from_secs(10);
 
 /// A limiter whose buckets expire `SWEEP_AFTER` past their reset.
 fn sweeping_limiter() -> Limiter {
-    RateLimitLayer::builder()
+    Limiter::builder()
         .global_limit(None)
         .expire_after(SWEEP_AFTER)
-        .build_limiter()
+        .build()
 }
 
 /// On a second runtime, 200 buckets learned are swept once they expire.

@@ -561,7 +561,7 @@ fn child_process() {
         });
         let mut builder = RateLimitLayer::builder();
         if scenario == Scenario::Global {
-            builder = builder.global_limit(Some(GLOBAL_LIMIT));
+            builder = builder.global_limit(std::num::NonZeroU32::new(GLOBAL_LIMIT));
         }
         if let Some(store) = &store {
             builder = builder.store(Arc::new(store.clone()));

@@ -224,7 +224,7 @@ fn fail_fast_errors_by_kind() {
         let limiter = Limiter::builder()
             .max_rate_limit(Duration::from_secs(5))
             .invalid_request_ceiling(Some(2))
-            .build_limiter();
+            .build();
         let svc = layered(&limiter);
 
         // A 10 s hold on channel 1: the next request there fails at once.
@@ -384,7 +384,7 @@ fn store_unavailable_is_counted() {
         let (_sim, addr) = Simulator::new().start();
         let limiter = Limiter::builder()
             .store(Arc::new(Unreachable::default()))
-            .build_limiter();
+            .build();
         let error = send(layered(&limiter), post(&addr.to_string(), 1))
             .await
             .unwrap_err();

@@ -137,7 +137,7 @@ impl Rig {
         };
         let store = builder.build().expect("store");
         let layer = RateLimitLayer::builder()
-            .global_limit(Some(GLOBAL))
+            .global_limit(std::num::NonZeroU32::new(GLOBAL))
             .store(Arc::new(store.clone()))
             .build();
         let svc = layer.layer(client());

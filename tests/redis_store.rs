@@ -26,9 +26,7 @@ fn limiter(redis: &RedisHandle, prefix: &str) -> (Limiter, RedisStore) {
         .fail_closed()
         .build()
         .expect("a Redis store");
-    let limiter = Limiter::builder()
-        .store(Arc::new(store.clone()))
-        .build_limiter();
+    let limiter = Limiter::builder().store(Arc::new(store.clone())).build();
     (limiter, store)
 }
 
@@ -187,7 +185,7 @@ async fn invalid_requests_and_ceilings_are_shared() {
         Limiter::builder()
             .store(Arc::new(store))
             .invalid_request_ceiling(ceiling)
-            .build_limiter()
+            .build()
     };
     let (one, two) = (store(None), store(Some(3)));
     for _ in 0..3 {
@@ -218,7 +216,7 @@ async fn invalid_requests_and_ceilings_are_shared() {
 #[tokio::test(start_paused = true)]
 async fn the_reqwest_middleware_shares_through_redis() {
     use reqwest_middleware::ClientBuilder;
-    use tower_rest_ratelimit::reqwest::RateLimitMiddleware;
+    use tower_rest_ratelimit::middleware::RateLimitMiddleware;
 
     let Some(redis) = redis_or_skip("redis_store::reqwest") else {
         return;

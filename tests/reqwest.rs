@@ -1,6 +1,6 @@
 //! The limiter in reqwest clients (feature `reqwest-middleware`), against
 //! the simulated Discord server over real HTTP with tokio's paused clock:
-//! `reqwest::RateLimitMiddleware` in a `reqwest_middleware` client, a
+//! `middleware::RateLimitMiddleware` in a `reqwest_middleware` client, a
 //! `Limiter` shared with a hyper tower stack, and a plain `reqwest::Client`
 //! under the tower layer (and `RetryPolicy`) through `tower::service_fn`.
 //!
@@ -29,7 +29,7 @@ use support::{
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_rest_ratelimit::reqwest::RateLimitMiddleware;
+use tower_rest_ratelimit::middleware::RateLimitMiddleware;
 use tower_rest_ratelimit::retry::RetryPolicy;
 use tower_rest_ratelimit::route::{DiscordResolver, RouteResolver};
 use tower_rest_ratelimit::{BoxError, Error, Limiter, RateLimitInfo, RateLimitLayer};
@@ -195,7 +195,7 @@ async fn middleware_limiter_errors_are_middleware_errors() {
     let (sim, url) = start(Simulator::new());
     let limiter = Limiter::builder()
         .max_rate_limit(Duration::from_secs(10))
-        .build_limiter();
+        .build();
     let client = middleware_client(&limiter);
     sim.push_override(Override::UserLimit {
         body_retry_after: 30.0,
@@ -244,7 +244,7 @@ async fn a_path_uri_refuses_goes_to_the_resolver_as_it_is() {
                 seen.lock().unwrap().push(path.to_owned());
                 DiscordResolver.resolve(method, path)
             })
-            .build_limiter()
+            .build()
     };
     let client = middleware_client(&limiter);
     let path = format!("/api/v10/channels/1{}", "/messages/2".repeat(7_000));

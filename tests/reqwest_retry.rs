@@ -1,4 +1,4 @@
-//! `reqwest::RetryStrategy` (feature `reqwest-retry`) in a reqwest client:
+//! `middleware::RetryStrategy` (feature `reqwest-retry`) in a reqwest client:
 //! `reqwest_retry::RetryTransientMiddleware` first, then
 //! `RateLimitMiddleware`, against the simulated Discord server over real
 //! HTTP with tokio's paused clock. The strategy keeps the rules of
@@ -20,7 +20,7 @@ use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use reqwest_retry::policies::ExponentialBackoff;
 use reqwest_retry::{Jitter, RetryTransientMiddleware, Retryable, RetryableStrategy};
 use support::{tick_clock, Handle, Override, Simulator};
-use tower_rest_ratelimit::reqwest::{RateLimitMiddleware, RetryStrategy};
+use tower_rest_ratelimit::middleware::{RateLimitMiddleware, RetryStrategy};
 use tower_rest_ratelimit::{Limiter, RateLimitInfo};
 
 const MESSAGES: &str = "/api/v10/channels/1/messages";

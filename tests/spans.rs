@@ -292,7 +292,7 @@ async fn no_span_below_the_subscribers_level() {
 #[cfg(feature = "reqwest-middleware")]
 #[tokio::test(start_paused = true)]
 async fn the_reqwest_middleware_makes_the_same_span() {
-    use tower_rest_ratelimit::reqwest::RateLimitMiddleware;
+    use tower_rest_ratelimit::middleware::RateLimitMiddleware;
     use tower_rest_ratelimit::Limiter;
 
     let (_guard, lines) = support::record_events();

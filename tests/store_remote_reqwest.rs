@@ -12,7 +12,7 @@ use http::header::AUTHORIZATION;
 use remote::Remote;
 use reqwest_middleware::ClientBuilder;
 use support::{tick_clock, Simulator};
-use tower_rest_ratelimit::reqwest::RateLimitMiddleware;
+use tower_rest_ratelimit::middleware::RateLimitMiddleware;
 use tower_rest_ratelimit::Limiter;
 
 /// The response is handed on once the store recorded its answer: the
@@ -27,7 +27,7 @@ async fn the_middleware_hands_a_response_on_once_recorded() {
     let limiter = Limiter::builder()
         .store(store.clone())
         .global_limit(None)
-        .build_limiter();
+        .build();
     let client = ClientBuilder::new(reqwest::Client::new())
         .with(RateLimitMiddleware::new(limiter))
         .build();

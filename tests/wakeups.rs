@@ -220,7 +220,7 @@ async fn a_request_at_a_spent_bucket_is_not_polled_while_it_waits() {
 #[tokio::test(start_paused = true)]
 async fn a_request_at_the_global_limit_is_not_polled_while_it_waits() {
     let svc = RateLimitLayer::builder()
-        .global_limit(Some(1))
+        .global_limit(std::num::NonZeroU32::new(1))
         .build()
         .layer(Discord(ENDLESS));
     let first_polls = Arc::new(AtomicUsize::new(0));

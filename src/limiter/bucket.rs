@@ -398,7 +398,7 @@ mod tests {
             remaining: Some(remaining),
             reset_after: Some(Duration::from_secs_f64(reset_after)),
             reset_millis: Some(window),
-            bucket: Some("h".into()),
+            bucket: Some("h".parse().expect("a bucket hash")),
             ..RateLimitInfo::default()
         }
     }

@@ -65,7 +65,7 @@ fn server() -> impl tower::Service<
 async fn a_sweep_that_empties_the_maps_shrinks_them() {
     let expire_after = Duration::from_secs(10);
     let layer = RateLimitLayer::builder()
-        .global_limit(Some(50))
+        .global_limit(std::num::NonZeroU32::new(50))
         .expire_after(expire_after)
         .build();
     let limiter = layer.limiter().clone();
@@ -110,7 +110,7 @@ async fn a_sweep_that_empties_the_maps_shrinks_them() {
 #[tokio::test(start_paused = true)]
 async fn a_sweep_shrinks_what_a_live_token_no_longer_needs() {
     let layer = RateLimitLayer::builder()
-        .global_limit(Some(1_000))
+        .global_limit(std::num::NonZeroU32::new(1_000))
         .expire_after(Duration::from_secs(10))
         .build();
     let limiter = layer.limiter().clone();

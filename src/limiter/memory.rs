@@ -1278,7 +1278,7 @@ mod tests {
 
     fn ok(limit: u32, remaining: u32, reset_after: f64, hash: &str) -> RateLimitInfo {
         RateLimitInfo {
-            bucket: Some(hash.into()),
+            bucket: Some(hash.parse().expect("a bucket hash")),
             limit: Some(limit),
             remaining: Some(remaining),
             reset_after: Some(Duration::from_secs_f64(reset_after)),

@@ -250,8 +250,8 @@ impl Shared {
 ///
 /// let limiter = Limiter::builder()
 ///     .max_rate_limit(Duration::from_secs(60))
-///     .global_limit(Some(40))
-///     .build_limiter();
+///     .global_limit(std::num::NonZeroU32::new(40))
+///     .build();
 /// let for_bot = RateLimitLayer::with_limiter(limiter.clone());
 /// let for_admin_tool = RateLimitLayer::with_limiter(limiter.clone());
 /// assert_eq!(limiter.stats().buckets, 0);
@@ -279,12 +279,13 @@ impl Default for Limiter {
 
 impl Limiter {
     /// A limiter with Discord's defaults (see [`Builder`]).
+    #[must_use]
     pub fn new() -> Self {
-        Builder::new().build_limiter()
+        Builder::<Limiter>::new().build()
     }
 
     /// A builder for the limiter's settings.
-    pub fn builder() -> Builder {
+    pub fn builder() -> Builder<Limiter> {
         Builder::new()
     }
 
@@ -475,7 +476,7 @@ impl Limiter {
     /// only while the requests in flight could reach one, and its answer is
     /// still counted.
     fn pass(&self, auth: AuthHash) -> Result<Start, Error> {
-        crate::metrics::request(Limits::None);
+        crate::metrics::request(Limits::Unlimited);
         counted(self.pass_uncounted(auth))
     }
 

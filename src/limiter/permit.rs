@@ -65,7 +65,7 @@ impl Limiter {
         span: &Span,
     ) -> Result<Acquire, Error> {
         let started = match route.limits() {
-            Limits::None => self.pass(auth)?,
+            Limits::Unlimited => self.pass(auth)?,
             _ => self.start(route, auth)?,
         };
         Ok(match started {

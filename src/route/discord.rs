@@ -44,7 +44,7 @@ const INTERACTION_TOKEN_PREFIX: &str = "aW50ZXJhY3Rpb24";
 /// );
 ///
 /// let path = "/api/v10/interactions/1/aW50ZXJhY3Rpb246abc/callback";
-/// assert_eq!(DiscordResolver.resolve(&Method::POST, path).limits(), Limits::None);
+/// assert_eq!(DiscordResolver.resolve(&Method::POST, path).limits(), Limits::Unlimited);
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DiscordResolver;
@@ -348,7 +348,7 @@ fn resolve(method: &Method, path: &str) -> CompiledRoute {
         let callback = count == 4 && top == "interactions" && fourth == "callback";
         let oauth = count == 2 && top == "oauth2" && second == "token";
         if callback || oauth {
-            limits = Limits::None;
+            limits = Limits::Unlimited;
         }
     }
 
@@ -447,7 +447,7 @@ mod tests {
             Method::POST,
             "/api/v10/interactions/9/aW50ZXJhY3Rpb246SECRETX/callback",
         );
-        assert_eq!(cb.limits(), Limits::None);
+        assert_eq!(cb.limits(), Limits::Unlimited);
         assert_eq!(
             cb.route().template(),
             "/interactions/{interaction_id}/{interaction_token}/callback"
@@ -460,7 +460,7 @@ mod tests {
             "/webhooks/9/aW50ZXJhY3Rpb246SECRETX/messages/@original",
         );
         assert_eq!(edit.limits(), Limits::BucketOnly);
-        assert_eq!(r(Method::POST, "/oauth2/token").limits(), Limits::None);
+        assert_eq!(r(Method::POST, "/oauth2/token").limits(), Limits::Unlimited);
         assert_eq!(r(Method::GET, "/oauth2/token").limits(), Limits::All);
     }
 

@@ -25,7 +25,7 @@ use http::{Method, Request, Response};
 use http_body_util::Full;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
-use tower_rest_ratelimit::{BoxError, Builder, Limiter, RateLimit, RateLimitLayer};
+use tower_rest_ratelimit::{BoxError, Builder, Limiter, RateLimit};
 
 use super::{
     client, limited_body, request, secs3, Handle, LoggedRequest, Net, NetFuture, Override, Seen,
@@ -176,7 +176,7 @@ impl ScriptedClient {
             net: Net::new(client()),
             script,
         };
-        let svc = RateLimitLayer::with_limiter(limiter.build_limiter()).layer(net);
+        let svc = limiter.build().layer(net);
         Self {
             sim,
             base: addr.to_string(),

@@ -2,7 +2,7 @@
 //!
 //! ```no_run
 //! use reqwest_middleware::ClientBuilder;
-//! use tower_rest_ratelimit::{reqwest::RateLimitMiddleware, Limiter, RateLimitInfo};
+//! use tower_rest_ratelimit::{middleware::RateLimitMiddleware, Limiter, RateLimitInfo};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let limiter = Limiter::new();
@@ -37,10 +37,10 @@ mod retry;
 #[cfg(feature = "reqwest-retry")]
 pub use retry::RetryStrategy;
 
-use ::reqwest::header::AUTHORIZATION;
-use ::reqwest::{Request, Response, ResponseBuilderExt};
-use ::reqwest_middleware::{Middleware, Next, Result};
 use http::Extensions;
+use reqwest::header::AUTHORIZATION;
+use reqwest::{Request, Response, ResponseBuilderExt};
+use reqwest_middleware::{Middleware, Next, Result};
 use tracing::Instrument;
 
 use crate::limiter::{self, Acquire, Answer, AuthHash};
@@ -95,7 +95,7 @@ impl Middleware for RateLimitMiddleware {
                 scheme: url.scheme().to_owned(),
             };
             crate::metrics::failed(&error);
-            return Err(::reqwest_middleware::Error::middleware(error));
+            return Err(reqwest_middleware::Error::middleware(error));
         }
         let route = match extensions.get::<CompiledRoute>() {
             Some(route) => route.clone(),
@@ -120,7 +120,7 @@ async fn limited(
     extensions: &mut Extensions,
     next: Next<'_>,
 ) -> Result<Response> {
-    use ::reqwest_middleware::Error as MwError;
+    use reqwest_middleware::Error as MwError;
     let mut permit = match limiter.acquire(route, auth, span) {
         Ok(Acquire::Ready(permit)) => permit,
         Ok(Acquire::Wait(wait)) => wait.await.map_err(MwError::middleware)?,
@@ -156,7 +156,7 @@ async fn limited(
     // A 429: its body is read (and handed on byte for byte) as a
     // `http::Response`, then made a `reqwest::Response` again, its URL kept.
     let url = response.url().clone();
-    let mut reading = rejected.read(http::Response::<::reqwest::Body>::from(response));
+    let mut reading = rejected.read(http::Response::<reqwest::Body>::from(response));
     std::future::poll_fn(|cx| reading.poll_read(cx)).await;
     let (response, settling) = reading.finish();
     settling.await;
@@ -164,6 +164,6 @@ async fn limited(
     if let Ok(with_url) = http::Response::builder().url(url).body(()) {
         parts.extensions.extend(with_url.into_parts().0.extensions);
     }
-    let body = ::reqwest::Body::wrap(body);
+    let body = reqwest::Body::wrap(body);
     Ok(Response::from(http::Response::from_parts(parts, body)))
 }

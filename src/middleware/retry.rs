@@ -1,9 +1,9 @@
 //! [`reqwest_retry`] integration: which answers a `RetryTransientMiddleware`
 //! retries, by the rules of [`RetryPolicy`](crate::retry::RetryPolicy).
 
-use ::reqwest::{Response, StatusCode};
-use ::reqwest_middleware::Error;
-use ::reqwest_retry::{Retryable, RetryableStrategy};
+use reqwest::{Response, StatusCode};
+use reqwest_middleware::Error;
+use reqwest_retry::{Retryable, RetryableStrategy};
 
 use crate::RateLimitInfo;
 
@@ -17,7 +17,7 @@ use crate::RateLimitInfo;
 /// use reqwest_middleware::ClientBuilder;
 /// use reqwest_retry::policies::ExponentialBackoff;
 /// use reqwest_retry::RetryTransientMiddleware;
-/// use tower_rest_ratelimit::reqwest::{RateLimitMiddleware, RetryStrategy};
+/// use tower_rest_ratelimit::middleware::{RateLimitMiddleware, RetryStrategy};
 /// use tower_rest_ratelimit::Limiter;
 ///
 /// let retry = RetryTransientMiddleware::new_with_policy_and_strategy(
