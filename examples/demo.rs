@@ -15,15 +15,15 @@
 //! cargo run --example demo --features redis -- --redis redis://127.0.0.1:6379
 //! cargo run --example demo -- --memory
 //! ```
-
-#[path = "../tests/support/mod.rs"]
-mod support;
+//!
+//! The server is `discord_sim` (the `sim/` crate of this repository, a
+//! dev-dependency), which also counts what it saw for the report.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use discord_sim::{client, request, sim_with_messages};
 use http::Method;
-use support::{client, request, sim_with_messages};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rest_ratelimit::{Limiter, RateLimitInfo, RateLimitLayer};
