@@ -1,7 +1,9 @@
 //! What the layer costs: per request over a bare in-process service on a
 //! known bucket with headroom (as a ratio in the same run), per request
-//! spread over 1, 1,000 and 100,000 buckets, and waiting at a saturated
-//! global limit. (`benches/memory.rs` counts the bytes.)
+//! spread over 1, 1,000 and 100,000 buckets and over 1 or 1,000 tokens,
+//! from 64 tasks on one and on two tokio workers, and waiting at a
+//! saturated global limit. (`benches/memory.rs` counts the bytes,
+//! `benches/breakdown.rs` times each step of a request.)
 //!
 //! ```text
 //! cargo bench --bench overhead
@@ -9,13 +11,13 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use http::Request;
 use http_body_util::Full;
-use support::{request, Discord, ENDLESS};
+use support::{request, request_as, Discord, ENDLESS};
 use tower::{Service, ServiceExt};
 use tower_rest_ratelimit::{Limiter, RateLimit, RateLimitLayer};
 
@@ -35,8 +37,16 @@ where
     S: Service<Request<Full<Bytes>>>,
     S::Error: std::fmt::Debug,
 {
+    send_request(svc, request(channel)).await;
+}
+
+async fn send_request<S>(svc: &mut S, request: Request<Full<Bytes>>)
+where
+    S: Service<Request<Full<Bytes>>>,
+    S::Error: std::fmt::Debug,
+{
     let svc = svc.ready().await.expect("ready");
-    let response = svc.call(request(channel)).await.expect("response");
+    let response = svc.call(request).await.expect("response");
     std::hint::black_box(response);
 }
 
@@ -90,6 +100,128 @@ fn buckets(c: &mut Criterion) {
     group.finish();
 }
 
+/// One token or many: 1,000 known buckets either way, as 1,000 channels of
+/// one token or one channel of 1,000 tokens, every request built alike
+/// (`request_as`), so that only the spread over tokens differs.
+fn tokens(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("tokens");
+    group.throughput(Throughput::Elements(1));
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    const BUCKETS: u64 = 1_000;
+    for tokens in [1u64, 1_000] {
+        // Bucket `i` is (channel, token) = `pair(i)`.
+        let pair = move |i: u64| {
+            if tokens == 1 {
+                (i, 0)
+            } else {
+                (0, i)
+            }
+        };
+        let (_limiter, mut svc) = rt.block_on(async { layered() });
+        rt.block_on(async {
+            for i in 0..BUCKETS {
+                let (channel, token) = pair(i);
+                send_request(&mut svc, request_as(channel, token)).await;
+            }
+        });
+        let mut next = 0u64;
+        group.bench_with_input(BenchmarkId::from_parameter(tokens), &tokens, |b, _| {
+            b.to_async(&rt).iter(|| {
+                next = (next + 7919) % BUCKETS;
+                let mut svc = svc.clone();
+                let (channel, token) = pair(next);
+                async move { send_request(&mut svc, request_as(channel, token)).await }
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Tasks sending at once in `multi_thread`.
+const TASKS: u64 = 64;
+
+/// Sends `requests` requests from `TASKS` spawned tasks, each a loop of
+/// requests, task `t` on channel `t % channels`; returns the wall time from
+/// the first spawn to the last answer.
+async fn fan_out<S>(svc: &S, requests: u64, channels: u64) -> Duration
+where
+    S: Service<Request<Full<Bytes>>> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+    S::Future: Send,
+    S::Response: Send,
+{
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            // Every request counts: the first `requests % TASKS` tasks send
+            // one more.
+            let n = requests / TASKS + u64::from(t < requests % TASKS);
+            let channel = t % channels;
+            let mut svc = svc.clone();
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    send(&mut svc, channel).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    started.elapsed()
+}
+
+/// Wall time per request with 64 tasks sending at once over 64 channels,
+/// and all on one channel, on a tokio runtime of two workers
+/// (`2_workers`) and on a current-thread one (`1_thread`, the same load
+/// on one thread): the bare service and the layer in the same run, so
+/// that their ratio is read from one run. Each sample sends as many
+/// requests as criterion asks for, spread over the 64 tasks, and times
+/// them with a wall clock (`iter_custom`); the spawns are part of each
+/// sample, a fixed cost that criterion's slope over sample sizes leaves
+/// out.
+fn multi_thread(c: &mut Criterion) {
+    let mut group = c.benchmark_group("multi_thread");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(20);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    let runtimes = [
+        (
+            "2_workers",
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_time()
+                .build()
+                .expect("runtime"),
+        ),
+        ("1_thread", runtime()),
+    ];
+    for (threads, rt) in &runtimes {
+        for (spread, channels) in [("64_channels", TASKS), ("1_channel", 1)] {
+            let bare = Discord(ENDLESS);
+            group.bench_function(BenchmarkId::new(format!("bare/{threads}"), spread), |b| {
+                b.iter_custom(|requests| rt.block_on(fan_out(&bare, requests, channels)))
+            });
+            let (_limiter, layered) = rt.block_on(async {
+                let (limiter, mut svc) = layered();
+                // Learn every bucket first.
+                for channel in 0..channels {
+                    send(&mut svc, channel).await;
+                }
+                (limiter, svc)
+            });
+            group.bench_function(
+                BenchmarkId::new(format!("layered/{threads}"), spread),
+                |b| b.iter_custom(|requests| rt.block_on(fan_out(&layered, requests, channels))),
+            );
+        }
+    }
+    group.finish();
+}
+
 /// The cost of waiting: `n` requests on `n` channels sent at once through a
 /// saturated global limit (50 per second), in virtual time, so that only
 /// the CPU the waiting takes is measured.
@@ -123,7 +255,14 @@ fn global_contention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, per_request, buckets, global_contention);
+criterion_group!(
+    benches,
+    per_request,
+    buckets,
+    tokens,
+    multi_thread,
+    global_contention
+);
 
 fn main() {
     benches();

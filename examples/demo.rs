@@ -16,8 +16,17 @@
 //! cargo run --example demo -- --memory
 //! ```
 //!
+//! With the `metrics` feature, it also prints every metric the limiter
+//! recorded (see the crate's `metrics` module):
+//!
+//! ```text
+//! cargo run --example demo --features metrics
+//! ```
+//!
 //! The server is `discord_sim` (the `sim/` crate of this repository, a
-//! dev-dependency), which also counts what it saw for the report.
+//! dev-dependency), which also counts what it saw for the report, and
+//! whose `MetricsRecorder` keeps the metrics to print; a program of yours
+//! would install an exporter instead (Prometheus, OpenTelemetry, ...).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -97,6 +106,16 @@ async fn redis_limiters(_url: &str) -> Result<Vec<Limiter>, tower::BoxError> {
 
 #[tokio::main]
 async fn main() -> Result<(), tower::BoxError> {
+    // Installed before any limiter is built, so that the gauges count
+    // from zero with it.
+    #[cfg(feature = "metrics")]
+    let recorder = {
+        let recorder = discord_sim::MetricsRecorder::new();
+        metrics::set_global_recorder(recorder.clone())
+            .map_err(|e| format!("a recorder was installed already: {e}"))?;
+        tower_rest_ratelimit::metrics::describe();
+        recorder
+    };
     // Discord's limits: messages 5 per 5 s per channel (here 5 per 1 s, to
     // keep the demo short), reactions 1 per 250 ms, 50 requests per second
     // per token.
@@ -191,6 +210,12 @@ async fn main() -> Result<(), tower::BoxError> {
         println!("limiter:                 {:?}", limiter.stats());
     }
     println!("took {elapsed:.2?}");
+    #[cfg(feature = "metrics")]
+    {
+        println!();
+        println!("metrics:");
+        print!("{}", recorder.table());
+    }
     let share_nothing = std::env::args().nth(1).as_deref() == Some("--memory");
     if share_nothing {
         println!("(limiters that share nothing each spend the whole quota: the 429s above are what --redis prevents)");

@@ -73,6 +73,18 @@ pub enum Error {
         /// The configured limiter-wide ceiling.
         ceiling: u32,
     },
+    /// The URL of a request given to the reqwest middleware is not `http`
+    /// or `https` (a `data:`, `mailto:` or `file:` URL, say): it has no path
+    /// a route can be compiled from, and no HTTP client could send it. The
+    /// request was not sent, and took no slot.
+    #[error(
+        "cannot rate limit a request to a `{scheme}:` URL, only http and https; request not sent"
+    )]
+    UnsupportedUrl {
+        /// The URL's scheme (never the rest of the URL, which may hold a
+        /// token).
+        scheme: String,
+    },
     /// The rate-limit store (see [`Store`](crate::store::Store)) could not
     /// answer; the request was not sent.
     #[error("rate-limit store unavailable: {reason}; request not sent")]

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Method;
 use tower_layer::Layer;
 
 use crate::limiter::{Config, Limiter};
-use crate::route::{DiscordResolver, RouteResolver};
+use crate::route::{CompiledRoute, DiscordResolver, RouteResolver};
 use crate::service::RateLimit;
 use crate::store::{Policy, Store};
 
@@ -165,9 +166,38 @@ impl Builder {
         self
     }
 
-    /// How requests without a [`CompiledRoute`](crate::route::CompiledRoute)
-    /// extension get one. Default [`DiscordResolver`].
-    pub fn resolver(mut self, resolver: impl RouteResolver) -> Self {
+    /// How requests without a [`CompiledRoute`] extension get one: a
+    /// closure from the method and the URL's path (percent-encoded, without
+    /// the query) to the route. Default [`DiscordResolver`].
+    ///
+    /// The closure's argument types are inferred:
+    ///
+    /// ```
+    /// use tower_rest_ratelimit::route::{CompiledRoute, Route};
+    /// use tower_rest_ratelimit::RateLimitLayer;
+    ///
+    /// // Every path of one method shares one bucket.
+    /// let layer = RateLimitLayer::builder()
+    ///     .resolver(|method, _path| CompiledRoute::new(Route::new(method.clone(), "/")))
+    ///     .build();
+    /// # let _ = layer;
+    /// ```
+    ///
+    /// The [`route`](crate::route) module has more examples. A type that
+    /// implements [`RouteResolver`] goes to
+    /// [`route_resolver`](Self::route_resolver).
+    pub fn resolver<F>(self, resolve: F) -> Self
+    where
+        F: Fn(&Method, &str) -> CompiledRoute + Send + Sync + 'static,
+    {
+        self.route_resolver(resolve)
+    }
+
+    /// How requests without a [`CompiledRoute`] extension get one: any
+    /// [`RouteResolver`] (a closure is simpler with
+    /// [`resolver`](Self::resolver), which infers its argument types).
+    /// Default [`DiscordResolver`].
+    pub fn route_resolver(mut self, resolver: impl RouteResolver) -> Self {
         self.config.resolver = Arc::new(resolver);
         self
     }

@@ -94,6 +94,8 @@
 //! - `reqwest-middleware` (implies `reqwest` and `retry`):
 //!   [`reqwest::RateLimitMiddleware`] for `reqwest_middleware` clients,
 //!   sharing a [`Limiter`] with tower layers.
+//! - `metrics`: counters, a histogram and gauges on the `metrics` facade;
+//!   the names are listed in the `metrics` module.
 //!
 //! # Errors
 //!
@@ -113,6 +115,12 @@ mod future;
 mod headers;
 mod layer;
 mod limiter;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+// Without the feature, the recording points compile to nothing.
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 #[cfg(feature = "reqwest-middleware")]
 pub mod reqwest;
 #[cfg(feature = "retry")]
@@ -128,7 +136,7 @@ pub use headers::{BucketHash, RateLimitInfo, Scope, TooManyRequests};
 pub use layer::{Builder, RateLimitLayer};
 pub use limiter::{AuthHash, Limiter, Stats};
 pub use service::RateLimit;
-pub use store::{MemoryStore, Store};
+pub use store::{BucketStats, MemoryStore, Store};
 
 /// The service's error type, the same as `tower::BoxError`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

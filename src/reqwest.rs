@@ -25,14 +25,22 @@
 //! keeps one set of buckets for both clients.
 //!
 //! Put [`RateLimitMiddleware`] last (innermost) in the chain, after any retry
-//! middleware, so that each attempt waits for its slot. A request whose
+//! middleware, so that each attempt waits for its slot. With the feature
+//! `reqwest-retry`, `RetryStrategy` tells `reqwest_retry`'s
+//! `RetryTransientMiddleware` what to retry, by the rules of
+//! [`RetryPolicy`](crate::retry::RetryPolicy). A request whose
 //! extensions (given with `RequestBuilder::with_extension`) hold a
 //! [`CompiledRoute`] is limited under it.
+
+#[cfg(feature = "reqwest-retry")]
+mod retry;
+#[cfg(feature = "reqwest-retry")]
+pub use retry::RetryStrategy;
 
 use ::reqwest::header::AUTHORIZATION;
 use ::reqwest::{Request, Response, ResponseBuilderExt, StatusCode};
 use ::reqwest_middleware::{Middleware, Next, Result};
-use http::{Extensions, Uri};
+use http::Extensions;
 
 use crate::body::Read429;
 use crate::limiter::Start;
@@ -45,7 +53,13 @@ use crate::{Limiter, RateLimitInfo};
 /// Responses carry a [`RateLimitInfo`] extension; a 429's body is read (up
 /// to 64 KiB) and handed on byte for byte. The limiter's own failures come as
 /// `reqwest_middleware::Error::Middleware` wrapping an
-/// [`Error`](crate::Error).
+/// [`Error`](crate::Error); a URL that is not `http` or `https` fails with
+/// [`Error::UnsupportedUrl`](crate::Error::UnsupportedUrl), before it takes
+/// a slot.
+///
+/// The route comes from the URL's path as reqwest holds it (or from a
+/// [`CompiledRoute`] extension): any path, however long or odd, compiles
+/// to its own route.
 #[derive(Debug, Clone, Default)]
 pub struct RateLimitMiddleware {
     limiter: Limiter,
@@ -71,12 +85,21 @@ impl Middleware for RateLimitMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> Result<Response> {
+        // The route comes from the URL's path as reqwest holds it, parsed
+        // once and never again; every path resolves (a resolver takes any
+        // text). Only a URL no HTTP client sends has none: it fails here,
+        // before it takes a slot or counts as sent.
+        let url = req.url();
+        if !matches!(url.scheme(), "http" | "https") {
+            let error = crate::Error::UnsupportedUrl {
+                scheme: url.scheme().to_owned(),
+            };
+            crate::metrics::failed(&error);
+            return Err(::reqwest_middleware::Error::middleware(error));
+        }
         let route = match extensions.get::<CompiledRoute>() {
             Some(route) => route.clone(),
-            None => {
-                let uri = req.url().path().parse::<Uri>().unwrap_or_default();
-                self.limiter.resolver().resolve(req.method(), &uri)
-            }
+            None => self.limiter.resolver().resolve(req.method(), url.path()),
         };
         let auth = self.limiter.auth_hash(req.headers().get(AUTHORIZATION));
         let started = match route.limits() {
@@ -98,7 +121,19 @@ impl Middleware for RateLimitMiddleware {
         }
         ticket.mark_sent();
         // An error drops the ticket: the slot is no longer in flight.
-        let mut response = next.run(req, extensions).await?;
+        let mut response = match next.run(req, extensions).await {
+            Ok(response) => response,
+            Err(error) => {
+                // reqwest refused to build the request (a URL it cannot send,
+                // such as a path over 64 KiB): nothing left this process, so
+                // the slot goes back whole and the request does not count as
+                // sent unanswered (ARCHITECTURE.md §6).
+                if matches!(&error, ::reqwest_middleware::Error::Reqwest(e) if e.is_builder()) {
+                    ticket.mark_unsent();
+                }
+                return Err(error);
+            }
+        };
         let info = RateLimitInfo::from_headers(response.headers());
         let status = response.status();
         if status != StatusCode::TOO_MANY_REQUESTS {

@@ -193,7 +193,7 @@ where
 
 /// Whether the error, or one of its sources, is an I/O error of a
 /// connection that could not be made or was lost.
-fn is_connection_error(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_connection_error(error: &(dyn std::error::Error + 'static)) -> bool {
     if error.is::<crate::Error>() {
         return false;
     }

@@ -4,15 +4,14 @@
 //! (method and path template, `POST /channels/{channel_id}/messages`) plus the
 //! values of its major parameters (`channel_id=123`). A caller may put a
 //! `CompiledRoute` into the request's extensions; otherwise the layer's
-//! [`RouteResolver`] compiles one from the method and URI. The default,
-//! [`DiscordResolver`], knows Discord's paths.
+//! [`RouteResolver`] compiles one from the method and the URL's path. The
+//! default, [`DiscordResolver`], knows Discord's paths.
 //!
 //! ```
 //! use http::Method;
 //! use tower_rest_ratelimit::route::{CompiledRoute, DiscordResolver, Route, RouteResolver};
 //!
-//! let uri = "https://discord.com/api/v10/channels/123/messages".parse().unwrap();
-//! let compiled = DiscordResolver.resolve(&Method::POST, &uri);
+//! let compiled = DiscordResolver.resolve(&Method::POST, "/api/v10/channels/123/messages");
 //! assert_eq!(compiled.route().to_string(), "POST /channels/{channel_id}/messages");
 //! assert_eq!(compiled.major().value().as_deref(), Some("channel_id=123"));
 //!
@@ -21,11 +20,61 @@
 //!     .with_major("channel_id", "123");
 //! assert_eq!(mine, compiled);
 //! ```
+//!
+//! # A resolver of your own
+//!
+//! A closure `|method, path| ...` is a resolver: give it to
+//! [`Builder::resolver`](crate::Builder::resolver), no types spelled out.
+//! This one limits another API, whose `/v1/projects/{id}/...` paths each get
+//! the project as their major parameter, and leaves `/v1/health` unlimited:
+//!
+//! ```
+//! use tower_rest_ratelimit::route::{CompiledRoute, Limits, Route};
+//! use tower_rest_ratelimit::RateLimitLayer;
+//!
+//! let layer = RateLimitLayer::builder()
+//!     .resolver(|method, path| {
+//!         let mut segments = path.trim_start_matches("/v1/").split('/');
+//!         match (segments.next(), segments.next()) {
+//!             (Some("health"), None) => {
+//!                 CompiledRoute::new(Route::new(method.clone(), "/health")).with_limits(Limits::None)
+//!             }
+//!             (Some("projects"), Some(id)) => {
+//!                 CompiledRoute::new(Route::new(method.clone(), "/projects/{project_id}"))
+//!                     .with_major("project_id", id)
+//!             }
+//!             // Anything else: one route per method.
+//!             _ => CompiledRoute::new(Route::new(method.clone(), "/{rest}")),
+//!         }
+//!     })
+//!     .build();
+//! # let _ = layer;
+//! ```
+//!
+//! Or wrap [`DiscordResolver`] and change one route: here the requests of
+//! your own proxy's `/internal/...` paths, sent through the same client, go
+//! unlimited, and every other path is Discord's:
+//!
+//! ```
+//! use tower_rest_ratelimit::route::{CompiledRoute, DiscordResolver, Limits, Route, RouteResolver};
+//! use tower_rest_ratelimit::RateLimitLayer;
+//!
+//! let layer = RateLimitLayer::builder()
+//!     .resolver(|method, path| {
+//!         if path.starts_with("/internal/") {
+//!             CompiledRoute::new(Route::new(method.clone(), "/internal")).with_limits(Limits::None)
+//!         } else {
+//!             DiscordResolver.resolve(method, path)
+//!         }
+//!     })
+//!     .build();
+//! # let _ = layer;
+//! ```
 
 use std::fmt;
 use std::sync::Arc;
 
-use http::{Method, Uri};
+use http::Method;
 
 mod discord;
 
@@ -238,19 +287,23 @@ impl fmt::Display for CompiledRoute {
 }
 
 /// Compiles the route of a request that carries no [`CompiledRoute`]
-/// extension.
+/// extension, from its method and the path of its URL (`/api/v10/...`,
+/// percent-encoded as sent, without the query).
 ///
-/// Closures `Fn(&Method, &Uri) -> CompiledRoute` are resolvers too.
+/// Closures `Fn(&Method, &str) -> CompiledRoute` are resolvers too: see
+/// [`Builder::resolver`](crate::Builder::resolver) and the
+/// [module docs](self) for examples. A resolver must not panic, whatever
+/// the path: it is the caller's text.
 pub trait RouteResolver: Send + Sync + 'static {
-    /// The compiled route for a method and URI.
-    fn resolve(&self, method: &Method, uri: &Uri) -> CompiledRoute;
+    /// The compiled route for a method and a path.
+    fn resolve(&self, method: &Method, path: &str) -> CompiledRoute;
 }
 
 impl<F> RouteResolver for F
 where
-    F: Fn(&Method, &Uri) -> CompiledRoute + Send + Sync + 'static,
+    F: Fn(&Method, &str) -> CompiledRoute + Send + Sync + 'static,
 {
-    fn resolve(&self, method: &Method, uri: &Uri) -> CompiledRoute {
-        self(method, uri)
+    fn resolve(&self, method: &Method, path: &str) -> CompiledRoute {
+        self(method, path)
     }
 }

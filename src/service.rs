@@ -87,7 +87,10 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let route = match req.extensions().get::<CompiledRoute>() {
             Some(route) => route.clone(),
-            None => self.limiter.resolver().resolve(req.method(), req.uri()),
+            None => self
+                .limiter
+                .resolver()
+                .resolve(req.method(), req.uri().path()),
         };
         let auth = self.limiter.auth_hash(req.headers().get(AUTHORIZATION));
         let limiter = self.limiter.clone();

@@ -835,18 +835,19 @@ async fn services_made_by_one_layer_keep_one_quota() {
 
 // --- Routes: resolver and CompiledRoute extension ------------------------------
 
-/// Sends 6 requests to each of channels 1 and 2 at once, each request
-/// carrying `route` as an extension if given; returns how many reached the
-/// server in the first 4 s.
-async fn two_channels(route: Option<CompiledRoute>) -> (Handle, usize) {
+/// Sends 6 requests to each of channels 1 and 2 at once (with a query) through
+/// `layer`, each request carrying `route` as an extension if given; returns
+/// how many reached the server in the first 4 s.
+async fn two_channels(layer: RateLimitLayer, route: Option<CompiledRoute>) -> (Handle, usize) {
     let _tick = tick_clock();
     let (sim, addr) = Simulator::new().start();
     let base = addr.to_string();
-    let svc = RateLimitLayer::new().layer(client());
+    let svc = layer.layer(client());
     let t0 = Instant::now();
     let tasks: Vec<_> = (0..12)
         .map(|i| {
-            let mut req = request(Method::POST, &base, &messages(1 + i % 2), TOKEN);
+            let path = format!("{}?wait=true", messages(1 + i % 2));
+            let mut req = request(Method::POST, &base, &path, TOKEN);
             if let Some(route) = &route {
                 req.extensions_mut().insert(route.clone());
             }
@@ -871,7 +872,7 @@ async fn two_channels(route: Option<CompiledRoute>) -> (Handle, usize) {
 /// extension the resolver keys each channel apart.
 #[tokio::test(start_paused = true)]
 async fn without_compiled_route_the_resolver_splits_channels() {
-    let (sim, early) = two_channels(None).await;
+    let (sim, early) = two_channels(RateLimitLayer::new(), None).await;
     assert_eq!(
         early, 10,
         "five per channel at once, the sixth after the reset"
@@ -886,12 +887,46 @@ async fn without_compiled_route_the_resolver_splits_channels() {
 async fn compiled_route_extension_overrides_the_resolver() {
     let shared = CompiledRoute::new(route::Route::new(Method::POST, "/my/shared/route"))
         .with_major("shared_id", "1");
-    let (sim, early) = two_channels(Some(shared)).await;
+    let (sim, early) = two_channels(RateLimitLayer::new(), Some(shared)).await;
     assert!(
         early <= 5,
         "one quota of 5 for both paths, {early} went early"
     );
     assert_eq!(sim.requests().len(), 12);
+}
+
+/// ARCHITECTURE.md §1 ("otherwise the limiter's `RouteResolver` compiles one
+/// from method and path"): a closure resolver, its argument types inferred,
+/// is given the method and the path alone (no scheme, host or query) and
+/// keys the requests: here both channels under one route, one quota.
+#[tokio::test(start_paused = true)]
+async fn a_closure_resolver_gets_method_and_path_and_keys_the_requests() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let layer = {
+        let seen = seen.clone();
+        RateLimitLayer::builder()
+            .resolver(move |method, path| {
+                seen.lock().unwrap().push(format!("{method} {path}"));
+                CompiledRoute::new(route::Route::new(method.clone(), "/one/route"))
+            })
+            .build()
+    };
+    let (sim, early) = two_channels(layer, None).await;
+    assert!(
+        early <= 5,
+        "one quota of 5 for both channels, {early} went early"
+    );
+    assert_eq!(sim.requests().len(), 12);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 12, "{seen:?}");
+    for channel in [1, 2] {
+        let expected = format!("POST {}", messages(channel));
+        assert_eq!(
+            seen.iter().filter(|s| **s == expected).count(),
+            6,
+            "{seen:?}"
+        );
+    }
 }
 
 /// ARCHITECTURE.md §7.2: once a

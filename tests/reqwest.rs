@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rest_ratelimit::reqwest::RateLimitMiddleware;
 use tower_rest_ratelimit::retry::RetryPolicy;
+use tower_rest_ratelimit::route::{DiscordResolver, RouteResolver};
 use tower_rest_ratelimit::{BoxError, Error, Limiter, RateLimitInfo, RateLimitLayer};
 
 const MESSAGES: &str = "/api/v10/channels/1/messages";
@@ -221,6 +222,106 @@ async fn middleware_limiter_errors_are_middleware_errors() {
         "{inner:?}"
     );
     assert_eq!(sim.requests().len(), 1, "the second request was sent");
+}
+
+/// ARCHITECTURE.md §1 "Route", §2.1 through the reqwest middleware: the route
+/// comes from the URL's path as reqwest holds it, not from a `Uri` parsed
+/// again. A path `http::Uri` refuses (over 64 KiB: `Url` keeps every path
+/// `Uri` takes and only those, so length is what tells them apart) was once
+/// resolved as `/`, one route for all such requests; now the resolver gets
+/// the path itself. reqwest cannot send such a URL (it builds a `Uri`
+/// to send): its builder error gives the slot back whole, not counted as
+/// sent unanswered (ARCHITECTURE.md §6).
+#[tokio::test(start_paused = true)]
+async fn a_path_uri_refuses_goes_to_the_resolver_as_it_is() {
+    let _tick = tick_clock();
+    let (sim, addr) = Simulator::new().start();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let limiter = {
+        let seen = seen.clone();
+        Limiter::builder()
+            .resolver(move |method, path| {
+                seen.lock().unwrap().push(path.to_owned());
+                DiscordResolver.resolve(method, path)
+            })
+            .build_limiter()
+    };
+    let client = middleware_client(&limiter);
+    let path = format!("/api/v10/channels/1{}", "/messages/2".repeat(7_000));
+    assert!(
+        path.parse::<http::Uri>().is_err(),
+        "the premise: Uri refuses it"
+    );
+
+    let error = client
+        .post(format!("http://{addr}{path}"))
+        .header(AUTHORIZATION, AUTH)
+        .send()
+        .await
+        .expect_err("reqwest cannot send it");
+    assert!(error.is_builder(), "{error:?}");
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [path],
+        "the resolver's path"
+    );
+    let route = DiscordResolver.resolve(&Method::POST, &seen.lock().unwrap()[0]);
+    assert_eq!(route.major().value().as_deref(), Some("channel_id=1"));
+    assert!(route.route().template().ends_with("/{rest}"), "{route:?}");
+    let stats = limiter.stats();
+    assert_eq!(stats.in_flight, 0, "{stats:?}");
+    assert_eq!(
+        stats.invalid_requests_total, 0,
+        "not counted as sent: {stats:?}"
+    );
+    assert!(sim.requests().is_empty());
+
+    // A path of any other text reqwest sends, and it keeps its own route.
+    assert_eq!(
+        post(
+            &client,
+            &format!("http://{addr}/api/v10/channels/2/messages|x")
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(seen.lock().unwrap()[1], "/api/v10/channels/2/messages|x");
+}
+
+/// A URL no HTTP client sends (not `http` or `https`) has no route: the
+/// middleware fails it with `Error::UnsupportedUrl` before it takes a slot,
+/// so it neither waits nor counts as a request sent unanswered (which could
+/// count as invalid, ARCHITECTURE.md §6).
+#[tokio::test(start_paused = true)]
+async fn a_url_that_is_not_http_fails_before_taking_a_slot() {
+    let limiter = Limiter::new();
+    let client = middleware_client(&limiter);
+    for (url, scheme) in [
+        ("foo://discord.test/api/v10/channels/1/messages", "foo"),
+        ("ftp://discord.test/api/v10/channels/1/messages", "ftp"),
+    ] {
+        let error = client
+            .post(url)
+            .header(AUTHORIZATION, AUTH)
+            .send()
+            .await
+            .expect_err("not sent");
+        let reqwest_middleware::Error::Middleware(inner) = &error else {
+            panic!("expected a middleware error, got {error:?}");
+        };
+        assert_eq!(
+            inner.downcast_ref::<Error>(),
+            Some(&Error::UnsupportedUrl {
+                scheme: scheme.to_owned()
+            }),
+            "{inner:?}"
+        );
+        assert!(!error.to_string().contains("discord.test"), "{error}");
+    }
+    let stats = limiter.stats();
+    assert_eq!((stats.buckets, stats.in_flight), (0, 0), "{stats:?}");
+    assert_eq!(stats.invalid_requests_total, 0, "{stats:?}");
 }
 
 /// ARCHITECTURE.md §7.1: a hyper tower stack and a

@@ -21,6 +21,10 @@
 //! an in-process `tower::Service`. [`client`] and [`request`] are the plain
 //! hyper client and request builder to talk to it.
 //!
+//! With the `metrics` feature, it also has [`MetricsRecorder`], a recorder
+//! for the `metrics` facade that keeps every value, to read what the client
+//! under test recorded.
+//!
 //! ```
 //! use discord_sim::{client, messages, request, Simulator};
 //! use http::Method;
@@ -43,6 +47,8 @@
 #![warn(missing_docs)]
 
 mod log;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod response;
 mod route;
 mod server;
@@ -57,6 +63,8 @@ use http::Method;
 use tokio::time::Instant;
 
 pub use self::log::{BucketKey, LoggedRequest, Scope, WindowCount};
+#[cfg(feature = "metrics")]
+pub use self::metrics::{MetricsRecorder, Series, Value};
 pub use self::response::{limited_body, Override, RATE_LIMITED_MESSAGE};
 pub use self::route::{derived_hash, Route, INTERACTION_TOKEN_PREFIX};
 pub use self::server::{body_string, client, request, SimService};

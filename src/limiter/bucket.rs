@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::headers::MAX_WAIT;
-use crate::store::ResponseFacts;
+use crate::store::{BucketStats, ResponseFacts};
 
 /// Without a window id to go by, a response whose reset lies this much past
 /// the local one is taken to speak of a later window.
@@ -352,6 +352,20 @@ impl Bucket {
 
     /// Nothing waits or flies and the bucket has been idle past its reset by
     /// `expire_after`.
+    /// Fills in what a dashboard sees of the bucket at `now`, as a request
+    /// asking then would find it (a window whose reset passed is refilled),
+    /// without changing it.
+    pub(crate) fn fill_stats(&self, now: Instant, stats: &mut BucketStats) {
+        let mut seen = self.clone();
+        seen.refresh(now);
+        stats.limit = seen.limit;
+        stats.remaining = seen.limit.map(|_| seen.remaining);
+        stats.reset_after = seen.reset.map(|r| r.saturating_duration_since(now));
+        stats.held_for = seen.blocked_until.map(|b| b.saturating_duration_since(now));
+        stats.in_flight = seen.in_flight;
+        stats.unlimited = seen.unlimited;
+    }
+
     pub(crate) fn is_stale(&self, now: Instant, expire_after: Duration) -> bool {
         if self.in_flight > 0 {
             return false;

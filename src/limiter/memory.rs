@@ -17,8 +17,8 @@ use crate::error::Error;
 use crate::headers::Scope;
 use crate::route::{CompiledRoute, Limits, Route};
 use crate::store::{
-    AcquireRequest, Acquired, BucketId, BucketKey, Call, Lease, Policy, ResponseFacts, Store,
-    StoreError, StoreFuture, StoreStats, WaitReason, Waiters,
+    AcquireRequest, Acquired, BucketId, BucketKey, BucketStats, Call, Lease, Policy, ResponseFacts,
+    Store, StoreError, StoreFuture, StoreStats, WaitReason, Waiters,
 };
 
 /// The in-memory store, the default: the state of one limiter in this
@@ -165,6 +165,10 @@ impl Store for MemoryStore {
     fn sweep(&self, call: Call<'_>) -> usize {
         self.lock()
             .sweep(call.policy.expire_after, call.waiters, Instant::now())
+    }
+
+    fn bucket_stats(&self, route: Option<&Route>, _call: Call<'_>) -> Vec<BucketStats> {
+        self.lock().bucket_stats(route, Instant::now())
     }
 }
 
@@ -742,6 +746,49 @@ impl Manager {
         counts.invalid_requests.sort_unstable_by_key(|(a, _)| *a);
         counts.invalid_requests_total = self.invalid_total.count(now);
         counts
+    }
+
+    /// Every bucket, or those `route`'s requests use: under its hash, once
+    /// known, and under the route itself (ARCHITECTURE.md §1). Sorted by
+    /// authentication, then bucket, then major parameters.
+    pub(crate) fn bucket_stats(&self, route: Option<&Route>, now: Instant) -> Vec<BucketStats> {
+        let hash = route.and_then(|r| self.routes.get(r));
+        let wanted = |id: &BucketId| match (route, id) {
+            (None, _) => true,
+            (Some(r), BucketId::Route(own)) => own == r,
+            (Some(_), BucketId::Hash(h)) => hash == Some(h),
+        };
+        let mut stats: Vec<BucketStats> = self
+            .buckets
+            .iter()
+            .filter(|(key, _)| wanted(&key.id))
+            .map(|(key, bucket)| {
+                let mut stats = BucketStats::new(key.clone());
+                bucket.fill_stats(now, &mut stats);
+                stats.routes = match &key.id {
+                    BucketId::Route(r) => vec![r.clone()],
+                    BucketId::Hash(h) => {
+                        let mut routes: Vec<Route> = self
+                            .routes
+                            .iter()
+                            .filter(|(_, hash)| *hash == h)
+                            .map(|(r, _)| r.clone())
+                            .collect();
+                        routes.sort_by_cached_key(Route::to_string);
+                        routes
+                    }
+                };
+                stats
+            })
+            .collect();
+        stats.sort_by_cached_key(|s| {
+            let id = match s.key.id() {
+                BucketId::Hash(h) => (0, h.to_string()),
+                BucketId::Route(r) => (1, r.to_string()),
+            };
+            (s.key.auth(), id, format!("{:?}", s.key.major()))
+        });
+        stats
     }
 
     pub(crate) fn invalid_count(&mut self, auth: AuthHash, now: Instant) -> u32 {

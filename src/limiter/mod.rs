@@ -21,9 +21,10 @@ use tokio::sync::Notify;
 
 use crate::error::Error;
 use crate::layer::Builder;
-use crate::route::{CompiledRoute, Limits, RouteResolver};
+use crate::route::{CompiledRoute, Limits, Route, RouteResolver};
 use crate::store::{
-    AcquireRequest, Acquired, BucketKey, Call, Lease, Policy, ResponseFacts, Store, StoreFuture,
+    AcquireRequest, Acquired, BucketKey, BucketStats, Call, Lease, Policy, ResponseFacts, Store,
+    StoreFuture,
 };
 
 mod bucket;
@@ -138,6 +139,8 @@ struct Shared {
     /// its answers neither wrapped nor dispatched (the fast path; the same
     /// calls as through the trait).
     memory: Option<Arc<MemoryStore>>,
+    /// This limiter's part of the buckets gauge (feature `metrics`).
+    buckets_gauge: crate::metrics::Buckets,
 }
 
 impl fmt::Debug for Shared {
@@ -296,6 +299,7 @@ impl Limiter {
                 fingerprint: store.fingerprint().cloned(),
                 store,
                 sweeper: AtomicBool::new(false),
+                buckets_gauge: crate::metrics::Buckets::new(),
             }),
         }
     }
@@ -342,6 +346,7 @@ impl Limiter {
     pub fn stats(&self) -> Stats {
         let shared = &self.shared;
         let c = shared.store.stats(shared.call());
+        shared.buckets_gauge.set(c.buckets);
         Stats {
             buckets: c.buckets,
             routes: c.routes,
@@ -354,6 +359,70 @@ impl Limiter {
         }
     }
 
+    /// Every bucket the limiter holds, for dashboards: its key (bucket
+    /// hash, major parameters, [`AuthHash`]), the routes that use it, and
+    /// what it has left now. No token appears in it.
+    ///
+    /// Answered by the store ([`Store::bucket_stats`]): the memory store
+    /// answers for every bucket; a store that cannot answer from this
+    /// process, such as the Redis store, answers none.
+    ///
+    /// ```
+    /// # async fn run() {
+    /// use tower_rest_ratelimit::Limiter;
+    ///
+    /// let limiter = Limiter::new();
+    /// // ... requests go through layers built on `limiter` ...
+    /// for bucket in limiter.bucket_stats() {
+    ///     println!(
+    ///         "{:?} {:?}: {:?}/{:?} left, reset in {:?}, {} in flight, {} waiting",
+    ///         bucket.key.id(),
+    ///         bucket.key.major(),
+    ///         bucket.remaining,
+    ///         bucket.limit,
+    ///         bucket.reset_after,
+    ///         bucket.in_flight,
+    ///         bucket.waiters,
+    ///     );
+    /// }
+    /// # }
+    /// ```
+    pub fn bucket_stats(&self) -> Vec<BucketStats> {
+        self.collect_bucket_stats(None)
+    }
+
+    /// The buckets the requests of `route` use: its bucket under every
+    /// major parameter and authentication (shared with the other routes of
+    /// its hash), and its unknown bucket while its hash is being learned.
+    /// Like Twilight's `bucket(path)`; see [`bucket_stats`](Self::bucket_stats).
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_rest_ratelimit::route::{DiscordResolver, RouteResolver};
+    /// use tower_rest_ratelimit::Limiter;
+    ///
+    /// let limiter = Limiter::new();
+    /// let uri = "https://discord.com/api/v10/channels/1/messages".parse().unwrap();
+    /// let route = DiscordResolver.resolve(&Method::POST, &uri);
+    /// for bucket in limiter.bucket_stats_for(route.route()) {
+    ///     if bucket.key.major() == route.major() {
+    ///         println!("{:?} of {:?} left", bucket.remaining, bucket.limit);
+    ///     }
+    /// }
+    /// ```
+    pub fn bucket_stats_for(&self, route: &Route) -> Vec<BucketStats> {
+        self.collect_bucket_stats(Some(route))
+    }
+
+    fn collect_bucket_stats(&self, route: Option<&Route>) -> Vec<BucketStats> {
+        let shared = &self.shared;
+        let mut stats = shared.store.bucket_stats(route, shared.call());
+        for bucket in &mut stats {
+            bucket.waiters = shared.queues.waiters_at(&bucket.key);
+        }
+        stats
+    }
+
     /// Drops stale buckets now, as the background sweeper does every half
     /// `expire_after`; returns how many were dropped.
     pub fn sweep(&self) -> usize {
@@ -362,6 +431,11 @@ impl Limiter {
 
     /// Asks for a slot: granted now, or a future that waits for one.
     pub(crate) fn start(&self, route: CompiledRoute, auth: AuthHash) -> Result<Start, Error> {
+        crate::metrics::request(route.limits());
+        counted(self.start_uncounted(route, auth))
+    }
+
+    fn start_uncounted(&self, route: CompiledRoute, auth: AuthHash) -> Result<Start, Error> {
         let shared = &self.shared;
         if shared.is_closed() {
             return Err(Error::Closed);
@@ -396,6 +470,11 @@ impl Limiter {
     /// only while the requests in flight could reach one, and its answer is
     /// still counted.
     pub(crate) fn pass(&self, auth: AuthHash) -> Result<Start, Error> {
+        crate::metrics::request(Limits::None);
+        counted(self.pass_uncounted(auth))
+    }
+
+    fn pass_uncounted(&self, auth: AuthHash) -> Result<Start, Error> {
         let shared = &self.shared;
         if shared.is_closed() {
             return Err(Error::Closed);
@@ -459,6 +538,9 @@ impl Shared {
     fn sweep(&self) -> usize {
         let dropped = self.store.sweep(self.call());
         self.queues.sweep();
+        #[cfg(feature = "metrics")]
+        self.buckets_gauge
+            .set(self.store.stats(self.call()).buckets);
         dropped
     }
 }
@@ -486,14 +568,39 @@ fn first_answer(
             let global = reason.is_global();
             tracing::debug!(route = %route.route(), ?until, global, "waiting for the rate limit");
             let waiter = asking.place(key);
+            let waiting = crate::metrics::Waiting::begin(reason);
             Ok(Start::Wait(Box::pin(wait_turn(
                 Arc::clone(shared),
                 route,
                 auth,
                 waiter,
+                waiting,
             ))))
         }
     }
+}
+
+/// Counts the limiter's failure of a request (feature `metrics`): at once,
+/// or when the request's wait ends in one. Without the feature, `started`
+/// as it is.
+#[inline(always)]
+fn counted(started: Result<Start, Error>) -> Result<Start, Error> {
+    #[cfg(feature = "metrics")]
+    let started = match started {
+        Err(error) => {
+            crate::metrics::failed(&error);
+            Err(error)
+        }
+        Ok(Start::Wait(wait)) => Ok(Start::Wait(Box::pin(async move {
+            let waited = wait.await;
+            if let Err(error) = &waited {
+                crate::metrics::failed(error);
+            }
+            waited
+        }))),
+        go => go,
+    };
+    started
 }
 
 /// Runs what a store does after an answer: at once for a store that is

@@ -23,6 +23,8 @@ pub(crate) struct Ticket {
     /// A pass, counted in flight until answered or dropped.
     pass: bool,
     sent: bool,
+    /// Counted in flight until dropped (feature `metrics`).
+    _in_flight: crate::metrics::InFlight,
 }
 
 impl fmt::Debug for Ticket {
@@ -43,6 +45,7 @@ impl Ticket {
             global_limits,
             pass: false,
             sent: false,
+            _in_flight: crate::metrics::InFlight::begin(),
         }
     }
 
@@ -55,18 +58,31 @@ impl Ticket {
             global_limits: false,
             pass: true,
             sent: false,
+            _in_flight: crate::metrics::InFlight::begin(),
         }
     }
 
     /// Whether the limiter was closed since: a request not yet sent is then
-    /// not sent.
+    /// not sent, and fails with `Error::Closed` (counted as such, feature
+    /// `metrics`).
     pub(crate) fn is_closed(&self) -> bool {
-        self.shared.is_closed()
+        let closed = self.shared.is_closed();
+        if closed {
+            crate::metrics::failed(&crate::Error::Closed);
+        }
+        closed
     }
 
     /// The request is about to reach the inner service.
     pub(crate) fn mark_sent(&mut self) {
         self.sent = true;
+    }
+
+    /// The request marked sent never left this process after all (the
+    /// client refused to build it): dropped, the slot goes back whole.
+    #[cfg(feature = "reqwest-middleware")]
+    pub(crate) fn mark_unsent(&mut self) {
+        self.sent = false;
     }
 
     /// Learns from the response to the request; returns whether a 429 is
@@ -78,6 +94,7 @@ impl Ticket {
     pub(crate) fn record(mut self, status: StatusCode, info: &RateLimitInfo) -> (bool, Settling) {
         let shared = &self.shared;
         let facts = ResponseFacts::from_info(status, info, Instant::now());
+        crate::metrics::answered(&facts);
         match self.grant.take() {
             Some(grant) => {
                 let settling = shared.record(grant, &facts);
@@ -181,6 +198,7 @@ impl Pending429 {
     /// [`TooManyRequests::held`]: crate::TooManyRequests::held
     pub(crate) fn finish(mut self, info: &RateLimitInfo) -> (bool, Settling) {
         self.headers = None;
+        crate::metrics::too_many_requests(info);
         if info
             .too_many_requests
             .as_ref()
@@ -207,6 +225,7 @@ impl Pending429 {
 impl Drop for Pending429 {
     fn drop(&mut self) {
         if let Some(info) = self.headers.take() {
+            crate::metrics::too_many_requests(&info);
             // Under way, it runs on in the background.
             let _ = self.extend(&info);
         }

@@ -187,6 +187,14 @@ impl Queues {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// Requests waiting at `key`'s queue.
+    pub(crate) fn waiters_at(&self, key: &BucketKey) -> usize {
+        if self.waiting.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        lock(&self.buckets).get(key).map_or(0, |q| q.waiters())
+    }
+
     /// Drops the queues no one waits in or holds, and gives their room
     /// back (ARCHITECTURE.md §7.2).
     pub(crate) fn sweep(&self) {
@@ -446,6 +454,8 @@ pub(super) async fn wait_pass(shared: Arc<Shared>, auth: AuthHash) -> Result<Tic
     tokio::pin!(closed);
     closed.as_mut().enable();
     let queue = Arc::clone(&shared.queues.exempt);
+    // Counted and timed from the first refusal (feature `metrics`).
+    let mut waiting = None;
     loop {
         // Listen before asking, so that no wake-up is lost between.
         let notified = queue.notify.notified();
@@ -461,6 +471,9 @@ pub(super) async fn wait_pass(shared: Arc<Shared>, auth: AuthHash) -> Result<Tic
         };
         if go {
             return Ok(Ticket::pass(&shared, auth));
+        }
+        if waiting.is_none() {
+            waiting = Some(crate::metrics::Waiting::begin(WaitReason::Ceiling));
         }
         let sleep = async {
             match bounded(&shared, None) {
@@ -515,6 +528,8 @@ pub(super) async fn wait_turn(
     route: CompiledRoute,
     auth: AuthHash,
     mut waiter: Waiter,
+    // Counted and timed until the wait ends (feature `metrics`).
+    _waiting: crate::metrics::Waiting,
 ) -> Result<Ticket, Error> {
     let closed = shared.close.notified();
     tokio::pin!(closed);

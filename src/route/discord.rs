@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use http::{Method, Uri};
+use http::Method;
 
 use crate::limiter::FastSet;
 
@@ -36,22 +36,22 @@ const INTERACTION_TOKEN_PREFIX: &str = "aW50ZXJhY3Rpb24";
 /// use http::Method;
 /// use tower_rest_ratelimit::route::{DiscordResolver, Limits, RouteResolver};
 ///
-/// let uri = "/api/v10/channels/1/messages/2/reactions/%F0%9F%91%8D/@me".parse().unwrap();
-/// let r = DiscordResolver.resolve(&Method::PUT, &uri);
+/// let path = "/api/v10/channels/1/messages/2/reactions/%F0%9F%91%8D/@me";
+/// let r = DiscordResolver.resolve(&Method::PUT, path);
 /// assert_eq!(
 ///     r.route().template(),
 ///     "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me"
 /// );
 ///
-/// let uri = "/api/v10/interactions/1/aW50ZXJhY3Rpb246abc/callback".parse().unwrap();
-/// assert_eq!(DiscordResolver.resolve(&Method::POST, &uri).limits(), Limits::None);
+/// let path = "/api/v10/interactions/1/aW50ZXJhY3Rpb246abc/callback";
+/// assert_eq!(DiscordResolver.resolve(&Method::POST, path).limits(), Limits::None);
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DiscordResolver;
 
 impl RouteResolver for DiscordResolver {
-    fn resolve(&self, method: &Method, uri: &Uri) -> CompiledRoute {
-        resolve(method, uri.path())
+    fn resolve(&self, method: &Method, path: &str) -> CompiledRoute {
+        resolve(method, path)
     }
 }
 

@@ -16,9 +16,10 @@
 //! use std::sync::atomic::{AtomicUsize, Ordering};
 //! use std::sync::Arc;
 //!
+//! use tower_rest_ratelimit::route::Route;
 //! use tower_rest_ratelimit::store::{
-//!     AcquireRequest, Acquired, BucketKey, Call, Lease, MemoryStore, ResponseFacts, Store,
-//!     StoreError, StoreFuture, StoreStats,
+//!     AcquireRequest, Acquired, BucketKey, BucketStats, Call, Lease, MemoryStore, ResponseFacts,
+//!     Store, StoreError, StoreFuture, StoreStats,
 //! };
 //! use tower_rest_ratelimit::{AuthHash, RateLimitLayer};
 //!
@@ -73,6 +74,10 @@
 //!     }
 //!     fn invalid_requests(&self, auth: AuthHash) -> u32 {
 //!         self.inner.invalid_requests(auth)
+//!     }
+//!     // Optional: the default answers no bucket.
+//!     fn bucket_stats(&self, route: Option<&Route>, call: Call<'_>) -> Vec<BucketStats> {
+//!         self.inner.bucket_stats(route, call)
 //!     }
 //!     fn sweep(&self, call: Call<'_>) -> usize {
 //!         self.inner.sweep(call)
@@ -580,6 +585,57 @@ pub struct StoreStats {
     pub degraded: bool,
 }
 
+/// One bucket as the limiter sees it now, for dashboards
+/// ([`Limiter::bucket_stats`](crate::Limiter::bucket_stats)).
+///
+/// The authentication appears only as its [`AuthHash`], a webhook token in
+/// the major parameters only as a hash ([`Major`]'s `Debug` shows
+/// `+secret`): no token is ever part of it. Times are relative to when the
+/// snapshot was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BucketStats {
+    /// The bucket: its hash (or its route while the hash is unknown), major
+    /// parameters and authentication.
+    pub key: BucketKey,
+    /// The routes known to use the bucket (for an unknown bucket, its
+    /// route), sorted.
+    pub routes: Vec<Route>,
+    /// Requests per window, once an answer told it.
+    pub limit: Option<u32>,
+    /// Requests left in the current window, once the limit is known.
+    pub remaining: Option<u32>,
+    /// Time until the current window ends, if known.
+    pub reset_after: Option<Duration>,
+    /// Time until a 429's hold ends, if one holds the bucket.
+    pub held_for: Option<Duration>,
+    /// Requests granted under the bucket and not yet answered.
+    pub in_flight: u32,
+    /// Requests of this process waiting in the bucket's queue (filled in by
+    /// the limiter: a store leaves it at 0).
+    pub waiters: usize,
+    /// A success came without rate-limit headers: the route has no limit.
+    pub unlimited: bool,
+}
+
+impl BucketStats {
+    /// The figures of the bucket at `key`, all empty (for a store that
+    /// fills in what it knows).
+    pub fn new(key: BucketKey) -> Self {
+        Self {
+            key,
+            routes: Vec::new(),
+            limit: None,
+            remaining: None,
+            reset_after: None,
+            held_for: None,
+            in_flight: 0,
+            waiters: 0,
+            unlimited: false,
+        }
+    }
+}
+
 /// A store's failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -754,6 +810,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Invalid requests of `auth` in the last ten minutes.
     fn invalid_requests(&self, auth: AuthHash) -> u32;
+
+    /// The buckets the store holds, for dashboards: every one, or
+    /// (`route`) those the requests of `route` use (its bucket under every
+    /// major parameter and authentication, and its unknown bucket while
+    /// probing). Answered from this process, without waiting: the default
+    /// answers nothing, for a store that cannot (the Redis store).
+    fn bucket_stats(&self, route: Option<&Route>, call: Call<'_>) -> Vec<BucketStats> {
+        let _ = (route, call);
+        Vec::new()
+    }
 
     /// Drops state no longer needed (ARCHITECTURE.md §7.2); returns how
     /// many buckets were dropped.

@@ -1,6 +1,7 @@
 //! What the integration tests share: the simulated Discord of the
-//! `discord-sim` crate (re-exported whole, so `support::Simulator`,
-//! `support::request`, ... name it), and the helpers only tests need.
+//! `discord-sim` crate, with its `MetricsRecorder` (re-exported whole, so
+//! `support::Simulator`, `support::request`, ... name it), and the helpers
+//! only tests need.
 //!
 //! For tests on the paused clock that talk real HTTP, it has two ways to
 //! keep round trips from leaping to the next timer: [`Net`], a client whose
