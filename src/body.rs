@@ -39,15 +39,26 @@ pin_project! {
     where
         B: Body,
     {
+        // Every answer but a 429: the inner body, untouched and unboxed,
+        // so that the layer costs nothing per frame.
         Plain {
             #[pin]
             body: B,
         },
+        // A 429, whose body the layer read first to learn its
+        // `retry_after`: what was read is handed back in the order it came
+        // (data, then an error met, then the unread rest, then trailers), so
+        // that the caller sees the same body as without the layer.
         Replay {
             // The bytes read: large frames as they came, small ones gathered.
             data: VecDeque<Bytes>,
+            // An error met while reading: given after the bytes before it,
+            // as the inner body would have.
             error: Option<B::Error>,
+            // What was not read (past 64 KiB); `None` once it ended. Boxed
+            // by the reader, which polls it without being pinned itself.
             rest: Option<Pin<Box<B>>>,
+            // Trailers met while reading: they end the body, after `rest`.
             trailers: Option<HeaderMap>,
         },
     }
@@ -108,18 +119,23 @@ where
                 rest,
                 trailers,
             } => {
+                // The bytes read first, then the error met after them.
                 if let Some(data) = data.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 if let Some(error) = error.take() {
                     return Poll::Ready(Some(Err(error)));
                 }
+                // Then the rest, straight from the inner body; once it ends
+                // it is dropped, so that it is never polled after its end.
                 if let Some(body) = rest {
                     match body.as_mut().poll_frame(cx) {
                         Poll::Ready(None) => *rest = None,
                         other => return other,
                     }
                 }
+                // Trailers last (a body with trailers was read to its end,
+                // so `rest` is `None` then); `None` afterwards: the end.
                 Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
             }
         }
@@ -207,7 +223,10 @@ impl<B: Body> Read429<B> {
                 break;
             };
             match std::task::ready!(body.as_mut().poll_frame(cx)) {
+                // The end: nothing is left to replay after the bytes.
                 None => self.body = None,
+                // An error ends the read; it is replayed after the bytes
+                // before it, and the body is not polled again.
                 Some(Err(e)) => {
                     self.error = Some(e);
                     self.body = None;
@@ -226,6 +245,8 @@ impl<B: Body> Read429<B> {
                             self.frames.push_back(data.copy_to_bytes(n));
                         }
                     }
+                    // Trailers (or a frame of a kind unknown here): the
+                    // body's end, kept for the replay.
                     Err(frame) => {
                         if let Ok(t) = frame.into_trailers() {
                             self.trailers = Some(t);

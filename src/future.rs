@@ -5,19 +5,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
+use tracing::Span;
 
-use crate::body::Read429;
-use crate::error::Error;
-use crate::headers::RateLimitInfo;
-use crate::limiter::{AuthHash, Limiter, Pending429, Settling, Start, Ticket};
-use crate::route::{CompiledRoute, Limits};
+use crate::limiter::{self, Acquire, Answer, AuthHash, Limiter, Permit, Settling};
+use crate::route::CompiledRoute;
 use crate::{BoxError, ResponseBody};
-
-type Wait = Pin<Box<dyn Future<Output = Result<Ticket, Error>> + Send>>;
 
 pin_project! {
     /// Response future of [`RateLimit`](crate::RateLimit).
@@ -30,6 +26,10 @@ pin_project! {
         S: Service<Request<ReqBody>>,
         ResBody: Body,
     {
+        // The request's span: entered at every poll, so that what the
+        // limiter logs while the request waits, is sent and is answered
+        // falls in it.
+        span: Span,
         #[pin]
         state: State<S, ReqBody, ResBody>,
     }
@@ -42,47 +42,76 @@ pin_project! {
         S: Service<Request<ReqBody>>,
         ResBody: Body,
     {
-        // Asks for a slot at the first poll: a future never polled holds
-        // none.
-        Start {
-            limiter: Limiter,
-            route: Option<CompiledRoute>,
-            auth: AuthHash,
-            svc: Option<S>,
-            req: Option<Request<ReqBody>>,
+        // Not sent yet. Nothing in it is pinned: its steps move it by value.
+        Before {
+            before: Before<S, ReqBody>,
         },
-        Failed {
-            error: Option<Error>,
-        },
-        Waiting {
-            wait: Wait,
-            svc: Option<S>,
-            req: Option<Request<ReqBody>>,
-        },
-        Ready {
-            svc: Option<S>,
-            req: Option<Request<ReqBody>>,
-            ticket: Option<Ticket>,
-        },
+        // Sent: the inner service's future (pinned), and the permit its
+        // answer is recorded with. Dropped here, the permit tells the store
+        // the request is no longer in flight.
         Sent {
             #[pin]
             fut: S::Future,
-            ticket: Option<Ticket>,
+            permit: Permit,
         },
-        // A 429's body is read; its headers are recorded already.
-        Reading {
-            read: Option<Read429<ResBody>>,
-            pending: Option<Pending429>,
+        // Answered: what remains before the response is handed on.
+        After {
+            after: After<ResBody>,
         },
-        // A store whose answers come later records the answer: the
-        // response is handed on once it is recorded (ARCHITECTURE.md §9.4).
-        // Dropped before, the record runs on in the background.
-        Recording {
-            settling: Settling,
-            response: Option<Response<ResponseBody<ResBody>>>,
-        },
+        // The output was given (or the inner service failed).
         Done,
     }
+}
+
+/// The steps before the send.
+enum Before<S, ReqBody> {
+    // Asks for a permit at the first poll: a future never polled holds
+    // none.
+    Start {
+        limiter: Limiter,
+        route: CompiledRoute,
+        auth: AuthHash,
+        svc: S,
+        req: Request<ReqBody>,
+    },
+    // Waits (in the limiter's queues) for the permit. No inner capacity is
+    // held meanwhile: the inner service is readied only after.
+    Waiting {
+        wait: limiter::PermitWait,
+        svc: S,
+        req: Request<ReqBody>,
+    },
+    // Holds the permit while the inner service gets ready: the slot is
+    // counted from the grant, so that a slow service cannot let more
+    // requests through than the bucket allows.
+    Ready {
+        permit: Permit,
+        svc: S,
+        req: Request<ReqBody>,
+    },
+    // Moved on (sent, or failed): only while a step runs, or after.
+    Gone,
+}
+
+/// The steps after the answer.
+// The response itself is the large variant: boxing it would cost an
+// allocation on every answer a remote store records later.
+#[allow(clippy::large_enum_variant)]
+enum After<B: Body> {
+    // A 429's body is read (its headers are recorded already): its
+    // `retry_after` is more precise than the headers', and the caller gets
+    // the same bytes. Boxed (a 429 only) to keep the future small.
+    Reading(Box<limiter::Reading<B>>),
+    // A store whose answers come later records the answer: the response
+    // is handed on once it is recorded, so that the caller's next request
+    // sees it (ARCHITECTURE.md §9.4). Dropped before, the record runs on in
+    // the background.
+    Recording {
+        settling: Settling,
+        response: Response<ResponseBody<B>>,
+    },
+    // Handed on: only while a step runs, or after.
+    Gone,
 }
 
 impl<S, ReqBody, ResBody> fmt::Debug for ResponseFuture<S, ReqBody, ResBody>
@@ -92,13 +121,18 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::Start { .. } => "Start",
-            State::Failed { .. } => "Failed",
-            State::Waiting { .. } => "Waiting",
-            State::Ready { .. } => "Ready",
+            State::Before { before } => match before {
+                Before::Start { .. } => "Start",
+                Before::Waiting { .. } => "Waiting",
+                Before::Ready { .. } => "Ready",
+                Before::Gone => "Done",
+            },
             State::Sent { .. } => "Sent",
-            State::Reading { .. } => "Reading",
-            State::Recording { .. } => "Recording",
+            State::After { after } => match after {
+                After::Reading(_) => "Reading",
+                After::Recording { .. } => "Recording",
+                After::Gone => "Done",
+            },
             State::Done => "Done",
         };
         f.debug_struct("ResponseFuture")
@@ -120,13 +154,110 @@ where
         req: Request<ReqBody>,
     ) -> Self {
         Self {
-            state: State::Start {
-                limiter,
-                route: Some(route),
-                auth,
-                svc: Some(svc),
-                req: Some(req),
+            span: limiter::span(&route),
+            state: State::Before {
+                before: Before::Start {
+                    limiter,
+                    route,
+                    auth,
+                    svc,
+                    req,
+                },
             },
+        }
+    }
+}
+
+fn polled_after_completion() -> BoxError {
+    "ResponseFuture polled after completion".into()
+}
+
+impl<S, ReqBody> Before<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+    S::Error: Into<BoxError>,
+{
+    /// Drives the steps up to the send: the inner service's future, and
+    /// the permit sent.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        span: &Span,
+    ) -> Poll<Result<(S::Future, Permit), BoxError>> {
+        loop {
+            // Each step takes the state by value and puts back the next;
+            // one that returns leaves `Gone` (its values dropped: a permit
+            // dropped unsent gives its slot back whole).
+            *self = match std::mem::replace(self, Self::Gone) {
+                Self::Start {
+                    limiter,
+                    route,
+                    auth,
+                    svc,
+                    req,
+                } => match limiter.acquire(route, auth, span)? {
+                    Acquire::Ready(permit) => Self::Ready { permit, svc, req },
+                    Acquire::Wait(wait) => Self::Waiting { wait, svc, req },
+                },
+                Self::Waiting { mut wait, svc, req } => match Pin::new(&mut wait).poll(cx) {
+                    Poll::Pending => {
+                        *self = Self::Waiting { wait, svc, req };
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(permit) => Self::Ready {
+                        permit: permit?,
+                        svc,
+                        req,
+                    },
+                },
+                Self::Ready {
+                    mut permit,
+                    mut svc,
+                    req,
+                } => match svc.poll_ready(cx) {
+                    Poll::Pending => {
+                        *self = Self::Ready { permit, svc, req };
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Ready(Ok(())) => {
+                        // Closed while the inner service got ready: not sent.
+                        permit.send()?;
+                        return Poll::Ready(Ok((svc.call(req), permit)));
+                    }
+                },
+                Self::Gone => return Poll::Ready(Err(polled_after_completion())),
+            };
+        }
+    }
+}
+
+impl<B: Body> After<B> {
+    /// Drives the steps after the answer to the response handed on.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response<ResponseBody<B>>, BoxError>> {
+        loop {
+            // As in `Before::poll_send`: by value, the next step put back.
+            *self = match std::mem::replace(self, Self::Gone) {
+                Self::Reading(mut reading) => {
+                    if reading.poll_read(cx).is_pending() {
+                        *self = Self::Reading(reading);
+                        return Poll::Pending;
+                    }
+                    let (response, settling) = reading.finish();
+                    Self::Recording { settling, response }
+                }
+                Self::Recording {
+                    mut settling,
+                    response,
+                } => {
+                    if Pin::new(&mut settling).poll(cx).is_pending() {
+                        *self = Self::Recording { settling, response };
+                        return Poll::Pending;
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+                Self::Gone => return Poll::Ready(Err(polled_after_completion())),
+            };
         }
     }
 }
@@ -140,159 +271,51 @@ where
     type Output = Result<Response<ResponseBody<ResBody>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
+        let this = self.project();
+        let _in_span = this.span.enter();
+        let mut state = this.state;
         loop {
             match state.as_mut().project() {
-                StateProj::Start {
-                    limiter,
-                    route,
-                    auth,
-                    svc,
-                    req,
-                } => {
-                    let Some(route) = route.take() else {
-                        state.set(State::Failed { error: None });
-                        continue;
-                    };
-                    let started = match route.limits() {
-                        // No limit applies, but the answer still counts.
-                        Limits::None => limiter.pass(*auth),
-                        _ => limiter.start(route, *auth),
-                    };
-                    let (svc, req) = (svc.take(), req.take());
-                    match started {
-                        Ok(Start::Go(ticket)) => state.set(State::Ready {
-                            svc,
-                            req,
-                            ticket: Some(ticket),
-                        }),
-                        Ok(Start::Wait(wait)) => state.set(State::Waiting { wait, svc, req }),
-                        Err(error) => state.set(State::Failed { error: Some(error) }),
-                    }
-                }
-                StateProj::Failed { error } => {
-                    let error = error.take();
-                    state.set(State::Done);
-                    return Poll::Ready(Err(match error {
-                        Some(e) => e.into(),
-                        None => "ResponseFuture polled after completion".into(),
-                    }));
-                }
-                StateProj::Waiting { wait, svc, req } => match ready!(wait.as_mut().poll(cx)) {
-                    Ok(ticket) => {
-                        let next = State::Ready {
-                            svc: svc.take(),
-                            req: req.take(),
-                            ticket: Some(ticket),
-                        };
-                        state.set(next);
-                    }
-                    Err(error) => state.set(State::Failed { error: Some(error) }),
-                },
-                StateProj::Ready { svc, req, ticket } => {
-                    let (Some(service), Some(_)) = (svc.as_mut(), req.as_ref()) else {
-                        state.set(State::Failed { error: None });
-                        continue;
-                    };
-                    if let Err(e) = ready!(service.poll_ready(cx)) {
-                        // The ticket is dropped unsent: its slot comes back.
+                StateProj::Before { before } => match ready!(before.poll_send(cx, this.span)) {
+                    Ok((fut, permit)) => state.set(State::Sent { fut, permit }),
+                    Err(e) => {
                         state.set(State::Done);
-                        return Poll::Ready(Err(e.into()));
+                        return Poll::Ready(Err(e));
                     }
-                    let mut ticket = ticket.take();
-                    if let Some(t) = ticket.as_mut() {
-                        if t.is_closed() {
-                            // Closed while waiting for the inner service.
-                            state.set(State::Failed {
-                                error: Some(Error::Closed),
-                            });
-                            continue;
-                        }
-                        t.mark_sent();
-                    }
-                    let fut = service.call(req.take().expect("checked above"));
-                    state.set(State::Sent { fut, ticket });
-                }
-                StateProj::Sent { fut, ticket } => {
+                },
+                StateProj::Sent { fut, permit } => {
                     let response = match ready!(fut.poll(cx)) {
                         Ok(response) => response,
                         Err(e) => {
+                            // The permit, dropped sent and unanswered: the
+                            // request is no longer in flight.
                             state.set(State::Done);
                             return Poll::Ready(Err(e.into()));
                         }
                     };
-                    let info = RateLimitInfo::from_headers(response.headers());
-                    let status = response.status();
-                    if status == StatusCode::TOO_MANY_REQUESTS {
-                        // Recorded now: a caller that drops the response
-                        // while its body is read loses none of it.
-                        let pending = ticket
-                            .take()
-                            .map(|t| t.record_429(response.headers(), &info));
-                        let read = Read429::new(response, info);
-                        state.set(State::Reading {
-                            read: Some(read),
-                            pending,
-                        });
-                        continue;
-                    }
-                    let settling = match ticket.take() {
-                        Some(t) => t.record(status, &info).1,
-                        None => Settling::DONE,
-                    };
-                    let mut response = response.map(ResponseBody::plain);
-                    response.extensions_mut().insert(info);
-                    if !settling.is_done() {
-                        state.set(State::Recording {
-                            settling,
-                            response: Some(response),
-                        });
-                        continue;
-                    }
-                    state.set(State::Done);
-                    return Poll::Ready(Ok(response));
-                }
-                StateProj::Reading { read, pending } => {
-                    let Some(r) = read.as_mut() else {
-                        state.set(State::Failed { error: None });
-                        continue;
-                    };
-                    if let Some(p) = pending.as_mut() {
-                        p.poll_recording(cx);
-                    }
-                    ready!(r.poll_read(cx));
-                    let (mut response, mut info) = read.take().expect("checked above").finish();
-                    let mut settling = Settling::DONE;
-                    if let Some(p) = pending.take() {
-                        let held;
-                        (held, settling) = p.finish(&info);
-                        if let Some(rejected) = info.too_many_requests.as_mut() {
-                            rejected.held = held;
+                    let after = match permit.answer(response.status(), response.headers()) {
+                        Answer::Recorded { info, settling } => {
+                            let mut response = response.map(ResponseBody::plain);
+                            response.extensions_mut().insert(info);
+                            if settling.is_done() {
+                                // The usual way: recorded already.
+                                state.set(State::Done);
+                                return Poll::Ready(Ok(response));
+                            }
+                            After::Recording { settling, response }
                         }
-                    }
-                    response.extensions_mut().insert(info);
-                    if !settling.is_done() {
-                        state.set(State::Recording {
-                            settling,
-                            response: Some(response),
-                        });
-                        continue;
-                    }
+                        Answer::TooMany(rejected) => {
+                            After::Reading(Box::new(rejected.read(response)))
+                        }
+                    };
+                    state.set(State::After { after });
+                }
+                StateProj::After { after } => {
+                    let output = ready!(after.poll(cx));
                     state.set(State::Done);
-                    return Poll::Ready(Ok(response));
+                    return Poll::Ready(output);
                 }
-                StateProj::Recording { settling, response } => {
-                    ready!(Pin::new(settling).poll(cx));
-                    let response = response.take();
-                    state.set(State::Done);
-                    return Poll::Ready(match response {
-                        Some(response) => Ok(response),
-                        None => Err("ResponseFuture polled after completion".into()),
-                    });
-                }
-                StateProj::Done => {
-                    state.set(State::Failed { error: None });
-                }
+                StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
             }
         }
     }

@@ -38,19 +38,19 @@ mod retry;
 pub use retry::RetryStrategy;
 
 use ::reqwest::header::AUTHORIZATION;
-use ::reqwest::{Request, Response, ResponseBuilderExt, StatusCode};
+use ::reqwest::{Request, Response, ResponseBuilderExt};
 use ::reqwest_middleware::{Middleware, Next, Result};
 use http::Extensions;
+use tracing::Instrument;
 
-use crate::body::Read429;
-use crate::limiter::Start;
-use crate::route::{CompiledRoute, Limits};
-use crate::{Limiter, RateLimitInfo};
+use crate::limiter::{self, Acquire, Answer, AuthHash};
+use crate::route::CompiledRoute;
+use crate::Limiter;
 
 /// Rate limits the requests of a `reqwest_middleware` client with a
 /// [`Limiter`]. See the [module docs](self) for an example.
 ///
-/// Responses carry a [`RateLimitInfo`] extension; a 429's body is read (up
+/// Responses carry a [`RateLimitInfo`](crate::RateLimitInfo) extension; a 429's body is read (up
 /// to 64 KiB) and handed on byte for byte. The limiter's own failures come as
 /// `reqwest_middleware::Error::Middleware` wrapping an
 /// [`Error`](crate::Error); a URL that is not `http` or `https` fails with
@@ -102,76 +102,68 @@ impl Middleware for RateLimitMiddleware {
             None => self.limiter.resolver().resolve(req.method(), url.path()),
         };
         let auth = self.limiter.auth_hash(req.headers().get(AUTHORIZATION));
-        let started = match route.limits() {
-            // No limit applies, but the answer still counts.
-            Limits::None => self.limiter.pass(auth),
-            _ => self.limiter.start(route, auth),
-        };
-        let mut ticket = match started {
-            Ok(Start::Go(ticket)) => ticket,
-            Ok(Start::Wait(wait)) => wait
-                .await
-                .map_err(::reqwest_middleware::Error::middleware)?,
-            Err(error) => return Err(::reqwest_middleware::Error::middleware(error)),
-        };
-        if ticket.is_closed() {
-            return Err(::reqwest_middleware::Error::middleware(
-                crate::Error::Closed,
-            ));
-        }
-        ticket.mark_sent();
-        // An error drops the ticket: the slot is no longer in flight.
-        let mut response = match next.run(req, extensions).await {
-            Ok(response) => response,
-            Err(error) => {
-                // reqwest refused to build the request (a URL it cannot send,
-                // such as a path over 64 KiB): nothing left this process, so
-                // the slot goes back whole and the request does not count as
-                // sent unanswered (ARCHITECTURE.md §6).
-                if matches!(&error, ::reqwest_middleware::Error::Reqwest(e) if e.is_builder()) {
-                    ticket.mark_unsent();
-                }
-                return Err(error);
+        let span = limiter::span(&route);
+        limited(&self.limiter, route, auth, &span, req, extensions, next)
+            .instrument(span.clone())
+            .await
+    }
+}
+
+/// One request, in its span: the same steps as the tower response future
+/// (`src/future.rs`), through the same permit.
+async fn limited(
+    limiter: &Limiter,
+    route: CompiledRoute,
+    auth: AuthHash,
+    span: &tracing::Span,
+    req: Request,
+    extensions: &mut Extensions,
+    next: Next<'_>,
+) -> Result<Response> {
+    use ::reqwest_middleware::Error as MwError;
+    let mut permit = match limiter.acquire(route, auth, span) {
+        Ok(Acquire::Ready(permit)) => permit,
+        Ok(Acquire::Wait(wait)) => wait.await.map_err(MwError::middleware)?,
+        Err(error) => return Err(MwError::middleware(error)),
+    };
+    // Closed while waiting: not sent.
+    permit.send().map_err(MwError::middleware)?;
+    // An error drops the permit: the slot is no longer in flight.
+    let mut response = match next.run(req, extensions).await {
+        Ok(response) => response,
+        Err(error) => {
+            // reqwest refused to build the request (a URL it cannot send,
+            // such as a path over 64 KiB): nothing left this process, so
+            // the slot goes back whole and the request does not count as
+            // sent unanswered (ARCHITECTURE.md §6).
+            if matches!(&error, MwError::Reqwest(e) if e.is_builder()) {
+                permit.unsent();
             }
-        };
-        let info = RateLimitInfo::from_headers(response.headers());
-        let status = response.status();
-        if status != StatusCode::TOO_MANY_REQUESTS {
-            let (_, settling) = ticket.record(status, &info);
+            return Err(error);
+        }
+    };
+    let rejected = match permit.answer(response.status(), response.headers()) {
+        Answer::Recorded { info, settling } => {
             // A store whose answers come later: the response is handed on
             // once its answer is recorded (ARCHITECTURE.md §9.4); dropped
             // before, the record runs on in the background.
-            if !settling.is_done() {
-                settling.await;
-            }
+            settling.await;
             response.extensions_mut().insert(info);
             return Ok(response);
         }
-
-        // Recorded now: a caller that drops the future while the body is
-        // read loses none of it.
-        let mut pending = ticket.record_429(response.headers(), &info);
-        let url = response.url().clone();
-        let mut read = Read429::new(http::Response::<::reqwest::Body>::from(response), info);
-        std::future::poll_fn(|cx| {
-            pending.poll_recording(cx);
-            read.poll_read(cx)
-        })
-        .await;
-        let (response, mut info) = read.finish();
-        let (held, settling) = pending.finish(&info);
-        if !settling.is_done() {
-            settling.await;
-        }
-        if let Some(rejected) = info.too_many_requests.as_mut() {
-            rejected.held = held;
-        }
-        let (mut parts, body) = response.into_parts();
-        parts.extensions.insert(info);
-        if let Ok(with_url) = http::Response::builder().url(url).body(()) {
-            parts.extensions.extend(with_url.into_parts().0.extensions);
-        }
-        let body = ::reqwest::Body::wrap(body);
-        Ok(Response::from(http::Response::from_parts(parts, body)))
+        Answer::TooMany(rejected) => rejected,
+    };
+    // A 429: its body is read (and handed on byte for byte) as a
+    // `http::Response`, then made a `reqwest::Response` again, its URL kept.
+    let url = response.url().clone();
+    let mut reading = rejected.read(http::Response::<::reqwest::Body>::from(response));
+    std::future::poll_fn(|cx| reading.poll_read(cx)).await;
+    let (response, settling) = reading.finish();
+    settling.await;
+    let (mut parts, body) = response.into_parts();
+    if let Ok(with_url) = http::Response::builder().url(url).body(()) {
+        parts.extensions.extend(with_url.into_parts().0.extensions);
     }
+    let body = ::reqwest::Body::wrap(body);
+    Ok(Response::from(http::Response::from_parts(parts, body)))
 }

@@ -215,13 +215,9 @@ async fn debug_events_for_buckets_waits_and_429s() {
 
     const WAIT: &str = "waiting for the rate limit";
     // On a held bucket, on an unknown bucket's probe, on the global throttle.
-    assert_event(
-        &lines,
-        WAIT,
-        &[MESSAGES_ROUTE, "global=false", "until=Some"],
-    );
-    assert_event(&lines, WAIT, &[WEBHOOK_ROUTE, "global=false", "until=None"]);
-    assert_event(&lines, WAIT, &[MESSAGES_ROUTE, "global=true", "until=Some"]);
+    assert_event(&lines, WAIT, &[MESSAGES_ROUTE, "global=false", "wait=Some"]);
+    assert_event(&lines, WAIT, &[WEBHOOK_ROUTE, "global=false", "wait=None"]);
+    assert_event(&lines, WAIT, &[MESSAGES_ROUTE, "global=true", "wait=Some"]);
 
     assert_event(
         &lines,

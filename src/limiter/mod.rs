@@ -33,12 +33,14 @@ mod hash;
 #[cfg(test)]
 mod lifecycle_tests;
 mod memory;
+mod permit;
 mod ticket;
 mod wait;
 
 pub(crate) use hash::FastSet;
 pub use memory::MemoryStore;
-pub(crate) use ticket::{Pending429, Ticket};
+pub(crate) use permit::{span, Acquire, Answer, Permit, PermitWait, Reading};
+use ticket::{Pending429, Ticket};
 use wait::{acquire_later, wait_pass, wait_turn, Asking, Queues};
 
 /// A hash of an `Authorization` header value: what the limiter keys
@@ -218,8 +220,12 @@ impl Shared {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Fails fast a request whose known wait is longer than
+    /// `max_rate_limit`; logged at `warn`, as the caller gets an error.
     fn too_long(&self, route: &CompiledRoute, wait: Duration, global: bool) -> Result<(), Error> {
         if wait > self.config.max_rate_limit {
+            let max = self.config.max_rate_limit;
+            tracing::warn!(route = %route.route(), ?wait, ?max, global, "rate limit too long: failing fast");
             return Err(Error::RateLimitTooLong {
                 route: route.route().clone(),
                 global,
@@ -402,8 +408,7 @@ impl Limiter {
     /// use tower_rest_ratelimit::Limiter;
     ///
     /// let limiter = Limiter::new();
-    /// let uri = "https://discord.com/api/v10/channels/1/messages".parse().unwrap();
-    /// let route = DiscordResolver.resolve(&Method::POST, &uri);
+    /// let route = DiscordResolver.resolve(&Method::POST, "/api/v10/channels/1/messages");
     /// for bucket in limiter.bucket_stats_for(route.route()) {
     ///     if bucket.key.major() == route.major() {
     ///         println!("{:?} of {:?} left", bucket.remaining, bucket.limit);
@@ -430,7 +435,7 @@ impl Limiter {
     }
 
     /// Asks for a slot: granted now, or a future that waits for one.
-    pub(crate) fn start(&self, route: CompiledRoute, auth: AuthHash) -> Result<Start, Error> {
+    fn start(&self, route: CompiledRoute, auth: AuthHash) -> Result<Start, Error> {
         crate::metrics::request(route.limits());
         counted(self.start_uncounted(route, auth))
     }
@@ -469,7 +474,7 @@ impl Limiter {
     /// limiter is closed or an invalid-request ceiling was reached, waits
     /// only while the requests in flight could reach one, and its answer is
     /// still counted.
-    pub(crate) fn pass(&self, auth: AuthHash) -> Result<Start, Error> {
+    fn pass(&self, auth: AuthHash) -> Result<Start, Error> {
         crate::metrics::request(Limits::None);
         counted(self.pass_uncounted(auth))
     }
@@ -564,9 +569,9 @@ fn first_answer(
             if let Some(wait) = wait {
                 shared.too_long(&route, wait, reason.is_global())?;
             }
-            let until = wait.map(|w| tokio::time::Instant::now() + w);
             let global = reason.is_global();
-            tracing::debug!(route = %route.route(), ?until, global, "waiting for the rate limit");
+            // How long, if the store knows: `None` waits for a wake-up.
+            tracing::debug!(route = %route.route(), ?wait, global, "waiting for the rate limit");
             let waiter = asking.place(key);
             let waiting = crate::metrics::Waiting::begin(reason);
             Ok(Start::Wait(Box::pin(wait_turn(
@@ -705,8 +710,8 @@ impl Drop for SweeperGuard {
     }
 }
 
-/// The answer to [`Limiter::start`].
-pub(crate) enum Start {
+/// The answer to [`Limiter::start`] and [`Limiter::pass`].
+enum Start {
     Go(Ticket),
     Wait(Pin<Box<dyn Future<Output = Result<Ticket, Error>> + Send>>),
 }

@@ -8,12 +8,15 @@ use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
 use super::{AuthHash, Settling, Shared};
-use crate::headers::RateLimitInfo;
-use crate::store::{BucketKey, Lease, ResponseFacts};
+use crate::headers::{RateLimitInfo, Scope};
+use crate::route::Route;
+use crate::store::{BucketId, BucketKey, Lease, ResponseFacts};
 
 /// A granted slot (or, for a route no limit applies to, a pass). Dropped
 /// without [`record`](Self::record), it goes back: whole if the request was
-/// never sent, as "no longer in flight" if it was.
+/// never sent, as "no longer in flight" if it was. Answered (`record`,
+/// `record_429`) in place: a second answer records nothing, and the drop
+/// then gives nothing back.
 pub(crate) struct Ticket {
     shared: Arc<Shared>,
     grant: Option<Lease>,
@@ -85,13 +88,21 @@ impl Ticket {
         self.sent = false;
     }
 
+    /// The bucket hash the slot was granted under, if known then.
+    pub(crate) fn bucket_hash(&self) -> Option<&str> {
+        match self.grant.as_ref().map(|g| &g.key().id) {
+            Some(BucketId::Hash(hash)) => Some(hash),
+            _ => None,
+        }
+    }
+
     /// Learns from the response to the request; returns whether a 429 is
     /// held by the limiter for its wait (see [`TooManyRequests::held`]), and
     /// the store's call if it is still under way: the caller drives it to
     /// its end before handing the response on (ARCHITECTURE.md §9.4).
     ///
     /// [`TooManyRequests::held`]: crate::TooManyRequests::held
-    pub(crate) fn record(mut self, status: StatusCode, info: &RateLimitInfo) -> (bool, Settling) {
+    pub(crate) fn record(&mut self, status: StatusCode, info: &RateLimitInfo) -> (bool, Settling) {
         let shared = &self.shared;
         let facts = ResponseFacts::from_info(status, info, Instant::now());
         crate::metrics::answered(&facts);
@@ -118,7 +129,7 @@ impl Ticket {
     /// [`Pending429::finish`]; if the body is never read, the
     /// [`Pending429`] dropped records what the headers alone say of it
     /// (`Retry-After`, `X-RateLimit-Global`).
-    pub(crate) fn record_429(self, headers: &HeaderMap, info: &RateLimitInfo) -> Pending429 {
+    pub(crate) fn record_429(&mut self, headers: &HeaderMap, info: &RateLimitInfo) -> Pending429 {
         let mut said = info.clone();
         // Scope and global from the headers; the body is not judged yet.
         said.read_429_body(headers, b"");
@@ -131,9 +142,14 @@ impl Ticket {
         let mut now_info = said.clone();
         now_info.retry_after = None;
         let shared = Arc::clone(&self.shared);
-        let (key, throttled_by_global) = match &self.grant {
-            Some(grant) => (Some(grant.key().clone()), self.global_limits),
-            None => (None, false),
+        let (key, route, throttled_by_global) = match &self.grant {
+            // Cloned on a 429 only: for its key and its log line.
+            Some(grant) => (
+                Some(grant.key().clone()),
+                Some(grant.route().clone()),
+                self.global_limits,
+            ),
+            None => (None, None, false),
         };
         let auth = self.auth;
         let at = Instant::now();
@@ -142,6 +158,7 @@ impl Ticket {
             recording,
             shared,
             key,
+            route,
             auth,
             throttled_by_global,
             held,
@@ -162,6 +179,8 @@ pub(crate) struct Pending429 {
     shared: Arc<Shared>,
     /// The granted key, for a route a limit applies to.
     key: Option<BucketKey>,
+    /// Its route, for the log line.
+    route: Option<Route>,
     auth: AuthHash,
     throttled_by_global: bool,
     /// Held by what the headers said.
@@ -199,15 +218,10 @@ impl Pending429 {
     pub(crate) fn finish(mut self, info: &RateLimitInfo) -> (bool, Settling) {
         self.headers = None;
         crate::metrics::too_many_requests(info);
-        if info
-            .too_many_requests
-            .as_ref()
-            .is_some_and(|t| t.cloudflare)
-        {
-            tracing::debug!("429 body is not JSON: likely Cloudflare");
-        }
         let (extended, settling) = self.extend(info);
-        (self.held || extended, settling)
+        let held = self.held || extended;
+        log_429(self.route.as_ref(), info, held, true);
+        (held, settling)
     }
 
     /// What `info` adds to the 429, after the record of its headers: the
@@ -227,7 +241,40 @@ impl Drop for Pending429 {
         if let Some(info) = self.headers.take() {
             crate::metrics::too_many_requests(&info);
             // Under way, it runs on in the background.
-            let _ = self.extend(&info);
+            let (extended, _) = self.extend(&info);
+            log_429(self.route.as_ref(), &info, self.held || extended, false);
+        }
+    }
+}
+
+/// Logs a 429 once all that is known of it is in (ARCHITECTURE.md §4.7):
+/// a Cloudflare 429 (its body not JSON: the IP may be limited or banned) at
+/// `error`, every other one at `warn` (a user, shared or global limit hit:
+/// the limiter missed it, or another client shares the token). `read`:
+/// whether the body was read (else the headers alone speak).
+fn log_429(route: Option<&Route>, info: &RateLimitInfo, held: bool, read: bool) {
+    let Some(t) = info.too_many_requests.as_ref() else {
+        return;
+    };
+    let route = RouteOrDash(route);
+    let (scope, retry_after) = (t.scope, t.retry_after);
+    if t.cloudflare {
+        tracing::error!(%route, ?retry_after, held, "429 not from the API (likely Cloudflare): the IP may be limited or banned");
+    } else if t.global || scope == Some(Scope::Global) {
+        tracing::warn!(%route, ?scope, ?retry_after, held, read, "global 429: every bucket of the token is held");
+    } else {
+        tracing::warn!(%route, ?scope, ?retry_after, held, read, "429: rate limited");
+    }
+}
+
+/// A route, or `-` for a request no limit applies to.
+struct RouteOrDash<'a>(Option<&'a Route>);
+
+impl fmt::Display for RouteOrDash<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(route) => fmt::Display::fmt(route, f),
+            None => f.write_str("-"),
         }
     }
 }

@@ -40,7 +40,7 @@ pub use self::clock::{gaps, settle, tick_clock, within, HANG, TICK};
 #[allow(unused_imports)]
 pub use self::frames::{create_message, steps, user_429, FrameError, Frames, Step};
 #[allow(unused_imports)]
-pub use self::recorder::{record_events, Recorder};
+pub use self::recorder::{record_events, record_events_at, Recorder};
 #[allow(unused_imports)]
 pub use self::seen::Seen;
 #[allow(unused_imports)]
