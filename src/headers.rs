@@ -230,14 +230,14 @@ impl RateLimitInfo {
             global: header_global || scope == Some(Scope::Global),
             ..TooManyRequests::default()
         };
-        match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(serde_json::Value::Object(map)) => {
-                let body_retry = map
-                    .get("retry_after")
-                    .and_then(serde_json::Value::as_f64)
+        match Body429::read(body) {
+            Some(json) => {
+                let body_retry = json
+                    .retry_after
+                    .and_then(Loose::get)
                     .and_then(|s| to_duration(s, "retry_after"));
-                out.global |= map.get("global").and_then(serde_json::Value::as_bool) == Some(true);
-                out.code = map.get("code").and_then(serde_json::Value::as_i64);
+                out.global |= json.global.and_then(Loose::get) == Some(true);
+                out.code = json.code.and_then(Loose::get);
                 // A bucket waits the larger of the precise values, the
                 // body's `retry_after` and `Reset-After`; the global
                 // throttle the body's `retry_after`. (`Retry-After` is
@@ -250,9 +250,53 @@ impl RateLimitInfo {
                     }
                 });
             }
-            _ => out.cloudflare = true,
+            None => out.cloudflare = true,
         }
         self.too_many_requests = Some(out);
+    }
+}
+
+/// A 429's JSON body, as Discord sends it: `{"message": "You are being
+/// rate limited.", "retry_after": 64.57, "global": false, "code": 20028}`
+/// (ARCHITECTURE.md §2.4). Every field may be missing; one of another type
+/// counts as missing; other fields are ignored.
+#[derive(serde::Deserialize)]
+struct Body429 {
+    #[serde(default)]
+    retry_after: Option<Loose<f64>>,
+    #[serde(default)]
+    global: Option<Loose<bool>>,
+    #[serde(default)]
+    code: Option<Loose<i64>>,
+}
+
+impl Body429 {
+    /// The body, if it is a JSON object; `None` for anything else (a
+    /// Cloudflare page, JSON of another shape, a truncated body).
+    fn read(body: &[u8]) -> Option<Self> {
+        // Only an object: serde reads a struct from an array too.
+        if body.trim_ascii_start().first() != Some(&b'{') {
+            return None;
+        }
+        serde_json::from_slice(body).ok()
+    }
+}
+
+/// A field of the expected type, or any other value, which says nothing
+/// (and does not make the body unreadable).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Loose<T> {
+    Is(T),
+    Other(serde::de::IgnoredAny),
+}
+
+impl<T> Loose<T> {
+    fn get(self) -> Option<T> {
+        match self {
+            Loose::Is(value) => Some(value),
+            Loose::Other(_) => None,
+        }
     }
 }
 
@@ -327,48 +371,14 @@ fn secs(name: &str, value: &HeaderValue) -> Option<Duration> {
     }
 }
 
-/// Milliseconds since the Unix epoch of an IMF-fixdate,
-/// `Sun, 06 Nov 1994 08:49:37 GMT`, the form HTTP servers send.
+/// Milliseconds since the Unix epoch of an HTTP date in any of the three
+/// forms HTTP allows: the IMF-fixdate servers send (`Sun, 06 Nov 1994
+/// 08:49:37 GMT`) and the obsolete RFC 850 (`Sunday, 06-Nov-94 08:49:37
+/// GMT`) and asctime (`Sun Nov  6 08:49:37 1994`) forms.
 fn http_date_millis(value: &HeaderValue) -> Option<u64> {
-    let text = value.to_str().ok()?;
-    let mut parts = text.split_whitespace().skip(1);
-    let day: u64 = parts.next()?.parse().ok()?;
-    let month = match parts.next()? {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let year: u64 = parts.next()?.parse().ok()?;
-    let mut hms = parts.next()?.split(':').map(|n| n.parse::<u64>().ok());
-    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
-    if parts.next()? != "GMT" || !(1970..10_000).contains(&year) || day == 0 || day > 31 {
-        return None;
-    }
-    if h > 23 || m > 59 || sec > 60 {
-        return None;
-    }
-    // Days from the epoch to the civil date (Howard Hinnant's algorithm).
-    let (y, mo) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * mo + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = (era * 146_097 + doe).checked_sub(719_468)?;
-    Some(((days * 24 + h) * 60 + m) * 60_000 + sec * 1000)
+    let date = httpdate::parse_http_date(value.to_str().ok()?).ok()?;
+    let since_epoch = date.duration_since(std::time::UNIX_EPOCH).ok()?;
+    u64::try_from(since_epoch.as_millis()).ok()
 }
 
 /// A wait in seconds: negative and NaN values say nothing and are ignored;
@@ -436,6 +446,89 @@ mod tests {
             let mut h = h.clone();
             h.insert("date", bad.parse().unwrap());
             assert_eq!(RateLimitInfo::from_headers(&h).reset_after, None, "{bad}");
+        }
+    }
+
+    /// ARCHITECTURE.md §3: `Date` in each of the three forms HTTP allows
+    /// (RFC 9110 §5.6.7): the IMF-fixdate and the obsolete RFC 850 and
+    /// asctime forms; the same instant from each.
+    #[test]
+    fn the_servers_date_in_every_http_form() {
+        for date in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            let h = headers(&[("x-ratelimit-reset", "784111779.250"), ("date", date)]);
+            let info = RateLimitInfo::from_headers(&h);
+            assert_eq!(
+                info.reset_after,
+                Some(Duration::from_millis(2250)),
+                "{date}"
+            );
+        }
+        for bad in [
+            "Sun, 06 Nov 1994 08:49:37",
+            "Mon, 06 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1969 08:49:37 GMT",
+            "Fri, 31 Dec 9999 23:59:60 GMT",
+            "Sun, 06 Nov 1994 24:00:00 GMT",
+            "Sun Nov 6 08:49:37 1994",
+        ] {
+            let h = headers(&[("x-ratelimit-reset", "784111779.250"), ("date", bad)]);
+            assert_eq!(RateLimitInfo::from_headers(&h).reset_after, None, "{bad}");
+        }
+    }
+
+    /// ARCHITECTURE.md §2.4, §4.9: only a JSON object is a 429 body to
+    /// read; in it, a field of another type than Discord's counts as
+    /// missing and other fields are ignored; anything else (a Cloudflare
+    /// page, another JSON value, a truncated object) is not JSON.
+    #[test]
+    fn a_429_body_is_read_field_by_field() {
+        let h = headers(&[("x-ratelimit-scope", "user")]);
+        let read = |body: &str| {
+            let mut info = RateLimitInfo::from_headers(&h);
+            info.read_429_body(&h, body.as_bytes());
+            info.too_many_requests.unwrap()
+        };
+        let t =
+            read(r#" {"retry_after": 2, "global": true, "code": 0, "extra": [1, {"a": null}]}"#);
+        let expect = (Some(Duration::from_secs(2)), true, Some(0), false);
+        assert_eq!((t.retry_after, t.global, t.code, t.cloudflare), expect);
+
+        // Wrong types: as if missing, the body still JSON.
+        let t = read(r#"{"retry_after": "2", "global": "true", "code": 1.5}"#);
+        assert_eq!(
+            (t.retry_after, t.global, t.code, t.cloudflare),
+            (None, false, None, false)
+        );
+        let t = read(r#"{"retry_after": null, "global": 1, "code": 18446744073709551615}"#);
+        assert_eq!(
+            (t.retry_after, t.global, t.code, t.cloudflare),
+            (None, false, None, false)
+        );
+        let t = read(r#"{"retry_after": 1e3, "code": -7, "global": false}"#);
+        assert_eq!(
+            (t.retry_after, t.code),
+            (Some(Duration::from_secs(1000)), Some(-7))
+        );
+        let t = read("{}");
+        assert!(!t.cloudflare && !t.is_retryable());
+
+        // Not an object: not JSON to read.
+        for body in [
+            "",
+            "[2.5, true, 20028]",
+            "2.5",
+            "null",
+            r#""retry_after""#,
+            r#"{"retry_after": 2.5"#,
+            r#"{"retry_after": 1e400}"#,
+            "<html><title>Error 1015</title></html>",
+        ] {
+            let t = read(body);
+            assert!(t.cloudflare && t.retry_after.is_none(), "{body:?}");
         }
     }
 

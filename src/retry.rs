@@ -27,11 +27,8 @@
 //! the bucket (or, for a global 429, every bucket of the token) for the
 //! `retry_after`, and the next attempt waits there.
 
-use std::collections::hash_map::RandomState;
 use std::future::Future;
-use std::hash::BuildHasher;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -115,7 +112,7 @@ impl RetryPolicy {
     /// 2^n + U\[0, 1) seconds, at most 16 s.
     pub fn backoff(n: u32) -> Duration {
         let base = Duration::from_secs(1u64 << n.min(4));
-        (base + Duration::from_secs_f64(jitter())).min(MAX_BACKOFF)
+        (base + jitter()).min(MAX_BACKOFF)
     }
 
     fn after_error(&mut self) -> Option<Backoff> {
@@ -129,12 +126,11 @@ impl RetryPolicy {
 }
 
 /// A uniform number of whole milliseconds in [0, 1) s (timers round up to
-/// the millisecond), from the standard library's random keys.
-fn jitter() -> f64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let bits = RandomState::new().hash_one(n);
-    (bits % 1000) as f64 / 1000.0
+/// the millisecond), from `fastrand`'s thread-local generator, seeded at
+/// random. (Tower's `ExponentialBackoff` scales its jitter with the base
+/// wait, not the policy's fixed second, and draws from a hashed counter.)
+fn jitter() -> Duration {
+    Duration::from_millis(fastrand::u64(0..1000))
 }
 
 impl<B, R> tower::retry::Policy<Request<B>, Response<R>, BoxError> for RetryPolicy
@@ -300,6 +296,18 @@ mod tests {
         let spread: std::collections::HashSet<_> =
             (0..20).map(|_| RetryPolicy::backoff(0)).collect();
         assert!(spread.len() > 10, "jitter varies");
+    }
+
+    /// The jitter is whole milliseconds, spread over the whole second.
+    #[test]
+    fn jitter_is_whole_milliseconds_over_a_second() {
+        fastrand::seed(9);
+        let draws: Vec<Duration> = (0..2000).map(|_| jitter()).collect();
+        assert!(draws.iter().all(|d| d.subsec_nanos() % 1_000_000 == 0));
+        assert!(draws.iter().all(|d| *d < Duration::from_secs(1)));
+        let low = draws.iter().filter(|d| **d < Duration::from_millis(100));
+        let high = draws.iter().filter(|d| **d >= Duration::from_millis(900));
+        assert!(low.count() > 100 && high.count() > 100, "uniform");
     }
 
     #[test]

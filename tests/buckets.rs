@@ -14,8 +14,9 @@ use http::{Method, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use support::{
-    client, derived_hash, request, Handle, LoggedRequest, Override, Simulator, MESSAGES_HASH,
-    REACTION_HASH,
+    client, derived_hash, epoch, limited_body, messages, request, secs, secs3, statuses, Handle,
+    LoggedRequest, Override, ScriptedBucket, ScriptedClient, Simulator, MESSAGES_HASH,
+    RATE_LIMITED_MESSAGE, REACTION_HASH,
 };
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
@@ -29,6 +30,7 @@ const START_MS: u64 = 1_470_173_022_123;
 const PINS_ROUTE: &str = "/channels/{channel_id}/pins";
 /// Virtual time allowed for a batch of requests before calling it a hang.
 const HANG: Duration = Duration::from_secs(600);
+const SECOND: Duration = Duration::from_secs(1);
 
 /// What a test keeps of one response.
 #[derive(Debug, Clone)]
@@ -751,4 +753,133 @@ async fn rate_limit_info_of_a_200_carries_the_headers_as_sent() {
         "{reset_after:?}"
     );
     assert_eq!(info.reset_millis, Some(1_470_173_100_250));
+}
+
+// --- Answers without some header ---------------------------------------------
+
+/// ARCHITECTURE.md §2.4: without `Reset-After`, the reset is `X-RateLimit-Reset` minus `Date`.
+#[tokio::test(start_paused = true)]
+async fn reset_without_reset_after_waits_for_the_servers_reset() {
+    const WINDOW: Duration = Duration::from_secs(5);
+    let bucket = ScriptedBucket::new("reset-only", 2, WINDOW, false);
+    let h = ScriptedClient::scripted(
+        Simulator::new(),
+        RateLimitLayer::builder(),
+        Some((|p| p.contains("/pins"), bucket)),
+    );
+    let t0 = Instant::now();
+    // The probe: its answer's reset is 5 s ahead of the server's clock, whose
+    // `Date` lags it by the quarter second it drops.
+    let first = h
+        .send(Method::GET, "/api/v10/channels/1/pins?n=00")
+        .await
+        .unwrap();
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.info().reset_after,
+        Some(secs(5.25)),
+        "{:?}",
+        first.info()
+    );
+    // Five more (unique queries, so that each gets its scripted answer).
+    let tasks = (1..6)
+        .map(|n| h.spawn(Method::GET, format!("/api/v10/channels/1/pins?n={n:02}")))
+        .collect();
+    assert_eq!(statuses(tasks).await, [200; 5]);
+    assert_eq!(h.sim.count_429(), 0, "{:#?}", h.sim.requests());
+    assert_eq!(h.max_in_window("/pins", WINDOW), 2);
+    let arrivals = h.arrivals("/pins");
+    assert_eq!(arrivals.len(), 6);
+    assert_eq!(arrivals[1], t0, "the window's second slot goes at once");
+    let third = arrivals[2] - t0;
+    assert!(third >= WINDOW && third < WINDOW + SECOND, "{third:?}");
+}
+
+/// ARCHITECTURE.md §4.7: the bucket waits the largest of `Retry-After` and `Reset-After`.
+#[tokio::test(start_paused = true)]
+async fn user_429_without_body_retry_after_holds_the_larger_header() {
+    let h = ScriptedClient::start(Simulator::new(), RateLimitLayer::builder());
+    // Learn the create-message bucket (5 per 5 s) of channel 1.
+    let path = messages(1);
+    assert_eq!(h.send(Method::POST, &path).await.unwrap().status, 200);
+
+    let end = Instant::now() + secs(4.5);
+    let headers = vec![
+        ("content-type", "application/json".to_owned()),
+        ("x-ratelimit-limit", "5".to_owned()),
+        ("x-ratelimit-remaining", "0".to_owned()),
+        ("x-ratelimit-reset", secs3(epoch(h.sim.system_time_at(end)))),
+        ("x-ratelimit-reset-after", "4.500".to_owned()),
+        ("x-ratelimit-bucket", MESSAGES_HASH.to_owned()),
+        ("x-ratelimit-scope", "user".to_owned()),
+        ("retry-after", "1".to_owned()),
+    ];
+    let body = format!(r#"{{"message": "{RATE_LIMITED_MESSAGE}", "global": false}}"#);
+    h.sim
+        .push_override_for(&path, Override::raw(429, headers, body));
+    let limited = h.send(Method::POST, &path).await.unwrap();
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.info().retry_after, Some(SECOND));
+    assert_eq!(limited.info().reset_after, Some(secs(4.5)));
+    let t429 = Instant::now();
+
+    assert_eq!(h.send(Method::POST, &path).await.unwrap().status, 200);
+    let arrivals = h.arrivals("/channels/1/messages");
+    assert_eq!(arrivals.len(), 3);
+    assert_eq!(arrivals[1], t429);
+    let held = arrivals[2] - t429;
+    assert!(held >= secs(4.5) && held < secs(4.6), "held {held:?}");
+}
+
+/// ARCHITECTURE.md §4.7: an unknown bucket's hold outlasts learning the route's hash.
+#[tokio::test(start_paused = true)]
+async fn first_request_429_holds_its_channel_after_the_hash_is_learned() {
+    let h = ScriptedClient::start(Simulator::new(), RateLimitLayer::builder());
+    // A user 429, retry after 3 s, that names no bucket (the case the fix
+    // is about), and Discord's own, with the bucket's headers.
+    let nameless = Override::raw(
+        429,
+        vec![
+            ("content-type", "application/json".to_owned()),
+            ("x-ratelimit-scope", "user".to_owned()),
+            ("retry-after", "3".to_owned()),
+        ],
+        limited_body(3 * SECOND, false),
+    );
+    let named = Override::UserLimit {
+        body_retry_after: 3.0,
+        reset_after: 3.0,
+        retry_after_header: 3,
+    };
+    for (method, route, answer) in [
+        (Method::POST, "messages", nameless),
+        (Method::GET, "pins", named),
+    ] {
+        let path = |channel: u64| format!("/api/v10/channels/{channel}/{route}");
+        // Channel 1's first request of the route: the 429.
+        h.sim.push_override_for(&path(1), answer);
+        let limited = h.send(method.clone(), &path(1)).await.unwrap();
+        assert_eq!(limited.status, 429, "{route}");
+        let t429 = Instant::now();
+
+        // Channel 2's first answer teaches the route's bucket hash.
+        let taught = h.send(method.clone(), &path(2)).await.unwrap();
+        assert_eq!(taught.status, 200, "{route}");
+        assert!(taught.info().bucket.is_some(), "{route}");
+        assert_eq!(Instant::now(), t429, "{route}: channel 2 is not held");
+
+        // Channel 1's retry still waits out the 3 s.
+        let retry = h.send(method, &path(1)).await.unwrap();
+        assert_eq!(retry.status, 200, "{route}");
+        let arrivals = h.arrivals(&path(1));
+        assert_eq!(arrivals.len(), 2, "{route}");
+        let held = arrivals[1] - t429;
+        assert!(
+            held >= 3 * SECOND && held < secs(3.1),
+            "{route}: held {held:?}"
+        );
+    }
+    assert_eq!(h.limiter().stats().routes, 2);
+    // The scripted 429s only.
+    assert_eq!(h.sim.count_429(), 2);
 }

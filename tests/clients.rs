@@ -22,7 +22,7 @@ use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use support::{
-    body_string, client, messages, request, sim_with_messages, tick_clock, Handle, Simulator,
+    body_string, client, idle, messages, request, sim_with_messages, tick_clock, Handle, Simulator,
     MESSAGES_HASH,
 };
 use tokio::time::Instant;
@@ -31,7 +31,7 @@ use tower::timeout::error::Elapsed;
 use tower::timeout::Timeout;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rest_ratelimit::retry::RetryPolicy;
-use tower_rest_ratelimit::{BoxError, Limiter, RateLimit, RateLimitInfo, RateLimitLayer, Stats};
+use tower_rest_ratelimit::{BoxError, Limiter, RateLimit, RateLimitInfo, RateLimitLayer};
 
 /// What a few HTTP round trips may cost in virtual time (see [`tick_clock`]).
 const SLACK: Duration = Duration::from_millis(250);
@@ -72,10 +72,6 @@ where
     };
     body_string(response.into_body()).await;
     Ok(sent)
-}
-
-fn idle(stats: &Stats) -> bool {
-    stats.in_flight == 0 && stats.waiters == 0
 }
 
 fn assert_elapsed(err: &BoxError) {

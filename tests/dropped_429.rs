@@ -13,27 +13,15 @@ mod support;
 
 use std::time::Duration;
 
-use http::{HeaderValue, Method};
+use http::Method;
 use support::*;
 use tokio::time::Instant;
 use tower::{Layer, ServiceBuilder, ServiceExt};
-use tower_rest_ratelimit::{BoxError, Builder, Error, Limiter, RateLimit, RateLimitLayer, Stats};
+use tower_rest_ratelimit::{BoxError, Builder, Error, Limiter, RateLimit, RateLimitLayer};
 
 const TOKEN: &str = "a";
 /// The caller's patience: shorter than every hold below.
 const TIMEOUT: Duration = Duration::from_secs(1);
-
-fn secs(s: f64) -> Duration {
-    Duration::from_secs_f64(s)
-}
-
-fn auth(token: &str) -> HeaderValue {
-    HeaderValue::from_str(&format!("Bot {token}")).expect("header value")
-}
-
-fn idle(stats: &Stats) -> bool {
-    stats.in_flight == 0 && stats.waiters == 0
-}
 
 /// The in-process simulator, its 429 bodies stalled on demand, under a
 /// rate limiter.

@@ -13,13 +13,11 @@
 
 mod support;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
 use http_body::Body;
 use http_body_util::Full;
-use support::{client, gaps, messages, request, Handle, Net, Override, Seen, Simulator};
+use support::{client, gaps, messages, request, secs, Handle, Net, Override, Seen, Simulator};
 use tokio::time::Instant;
 use tower::retry::Retry;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
@@ -33,10 +31,6 @@ const OAUTH: &str = "/api/v10/oauth2/token";
 const CALLBACK: &str = "/api/v10/interactions/222/aW50ZXJhY3Rpb246Y2FsbGJhY2s/callback";
 /// An interaction follow-up: bucketed, exempt from the global limit.
 const FOLLOW_UP: &str = "/api/v10/webhooks/111/aW50ZXJhY3Rpb246Zm9sbG93LXVw";
-
-fn secs(n: f64) -> Duration {
-    Duration::from_secs_f64(n)
-}
 
 /// A started simulator, the transport to it and a limiter.
 struct Harness {
@@ -110,25 +104,6 @@ where
     Ok(Seen::read(response).await)
 }
 
-/// A user 429 whose body, `Retry-After` and (on a bucketed route)
-/// `X-RateLimit-Reset-After` all say `hold` whole seconds.
-fn user_429(hold: u64) -> Override {
-    Override::UserLimit {
-        body_retry_after: hold as f64,
-        reset_after: hold as f64,
-        retry_after_header: hold,
-    }
-}
-
-/// An exact JSON answer.
-fn json(status: u16, body: &str) -> Override {
-    Override::Raw {
-        status,
-        headers: vec![("Content-Type".into(), "application/json".into())],
-        body: body.into(),
-    }
-}
-
 fn assert_invalid_request_limit(err: &BoxError, what: &str) {
     match err.downcast_ref::<Error>() {
         Some(Error::InvalidRequestLimit { count, ceiling }) => {
@@ -149,7 +124,8 @@ async fn retry_waits_retry_after_of_a_429_on_a_route_no_limit_applies_to() {
     let svc = h.with_retry();
     // More 429s than the policy retries.
     for _ in 0..8 {
-        h.sim.push_override_for("/oauth2/token", user_429(3));
+        h.sim
+            .push_override_for("/oauth2/token", Override::user_429(3.0));
     }
 
     let seen = send(&svc, h.request(OAUTH)).await.unwrap();
@@ -172,7 +148,7 @@ async fn retry_waits_the_hold_once_of_a_429_on_a_bucketed_route() {
     let svc = h.with_retry();
     let path = messages(1);
     for _ in 0..8 {
-        h.sim.push_override_for(&path, user_429(3));
+        h.sim.push_override_for(&path, Override::user_429(3.0));
     }
 
     let seen = send(&svc, h.request(&path)).await.unwrap();
@@ -255,7 +231,7 @@ async fn two_invalid_answers(h: &Harness, path: &str) {
         .into_iter()
         .enumerate()
     {
-        h.sim.push_override_for(path, json(status, body));
+        h.sim.push_override_for(path, Override::json(status, body));
         let seen = send(&svc, h.request(path)).await.unwrap();
         assert_eq!(seen.status, status, "{path}");
         assert!(
@@ -311,7 +287,8 @@ async fn invalid_answers_on_an_interaction_callback_count_and_reach_the_ceiling(
 async fn retry_does_not_wait_out_a_retry_after_beyond_its_maximum() {
     let h = Harness::start(RateLimitLayer::builder());
     let svc = h.with_retry();
-    h.sim.push_override_for("/oauth2/token", user_429(3600));
+    h.sim
+        .push_override_for("/oauth2/token", Override::user_429(3600.0));
     let t0 = Instant::now();
 
     let seen = send(&svc, h.request(OAUTH)).await.unwrap();

@@ -23,14 +23,6 @@ const CALLBACK: &str = "/api/v10/interactions/222/aW50ZXJhY3Rpb246Y2FsbGJhY2s/ca
 const UNAUTHORIZED: &str = r#"{"message": "401: Unauthorized", "code": 0}"#;
 const FORBIDDEN: &str = r#"{"message": "Missing Access", "code": 50001}"#;
 
-fn json(status: u16, body: &str) -> Override {
-    Override::Raw {
-        status,
-        headers: vec![("Content-Type".into(), "application/json".into())],
-        body: body.into(),
-    }
-}
-
 /// A started simulator, a middleware client on `limiter`, and the base URL.
 fn start(limiter: &Limiter) -> (Handle, ClientWithMiddleware, String) {
     let (sim, addr) = Simulator::new().start();
@@ -57,7 +49,7 @@ async fn middleware_counts_invalid_answers_on_routes_no_limit_applies_to() {
         .into_iter()
         .enumerate()
     {
-        sim.push_override_for(path, json(status, body));
+        sim.push_override_for(path, Override::json(status, body));
         let response = client
             .post(format!("{base}{path}"))
             .header(AUTHORIZATION, AUTH)

@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method};
+use http::Method;
 use support::{
-    client, limited_body, messages, request, Handle, LoggedRequest, Net, Override, Scope, Seen,
-    Simulator,
+    auth, client, limited_body, messages, ms, request, statuses, Handle, LoggedRequest, Net,
+    Override, Scope, Seen, Simulator,
 };
 use tokio::time::{sleep_until, Instant};
 use tower::ServiceExt;
@@ -29,10 +29,6 @@ use tower_rest_ratelimit::route::Route;
 use tower_rest_ratelimit::{BoxError, Builder, Error, Limiter, RateLimit, RateLimitLayer};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// A started simulator and a rate-limited client to it.
 #[derive(Clone)]
@@ -108,18 +104,6 @@ impl Harness {
 }
 
 type Task = tokio::task::JoinHandle<u16>;
-
-async fn statuses(tasks: Vec<Task>) -> Vec<u16> {
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(t.await.expect("task"));
-    }
-    out
-}
-
-fn auth(token: &str) -> HeaderValue {
-    HeaderValue::from_str(&format!("Bot {token}")).expect("header value")
-}
 
 /// Lets every runnable task run, without letting virtual time pass, until
 /// `done` holds.
@@ -623,14 +607,6 @@ fn raw_status(status: u16, body: &str) -> Override {
     }
 }
 
-fn user_429() -> Override {
-    Override::UserLimit {
-        body_retry_after: 0.5,
-        reset_after: 0.5,
-        retry_after_header: 1,
-    }
-}
-
 /// ARCHITECTURE.md §4: invalid requests (401, 403, non-shared 429) are
 /// counted per authentication over a sliding 10 minutes, readable, and a
 /// ceiling makes new requests fail fast.
@@ -672,12 +648,12 @@ async fn invalid_requests_are_counted_per_token_and_the_ceiling_fails_fast() {
         "a shared 429 is not invalid"
     );
 
-    h.sim.push_override(user_429());
+    h.sim.push_override(Override::user_429(0.5));
     let r = h.send(Method::POST, &messages(4), "a").await.unwrap();
     assert_eq!((r.status, count("a")), (429, 3));
 
     // Per authentication.
-    h.sim.push_override(user_429());
+    h.sim.push_override(Override::user_429(0.5));
     let r = h.send(Method::POST, &messages(4), "b").await.unwrap();
     assert_eq!((r.status, count("b"), count("a")), (429, 1, 3));
     let mut expected = vec![
@@ -757,7 +733,7 @@ async fn body_of_a_429_is_byte_identical() {
     let cases = [
         (
             "user",
-            user_429(),
+            Override::user_429(0.5),
             Some(limited_body(Duration::from_millis(500), false)),
         ),
         (

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
-use support::{request, Handle, Scope, Seen, SimService, Simulator};
+use support::{pins, request, Handle, Scope, Seen, SimService, Simulator};
 use tokio::time::{sleep_until, timeout, Instant};
 use tower::{Layer, ServiceExt};
 use tower_rest_ratelimit::{RateLimit, RateLimitLayer};
@@ -24,10 +24,6 @@ const TOKEN: &str = "shared-token";
 const SECOND: Duration = Duration::from_secs(1);
 /// The other process sends to channels from here on; this one below.
 const OTHER: u64 = 1_000_000_000;
-
-fn pins(channel: u64) -> String {
-    format!("/api/v10/channels/{channel}/pins")
-}
 
 /// The server answers after this, so that a burst is all in flight before
 /// its first answer comes.

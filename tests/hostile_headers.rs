@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, Response};
 use support::{
-    client, derived_hash, request, Handle, Net, Override, Seen, Simulator, Tracked, REACTION_ROUTE,
+    client, derived_hash, pins, request, Handle, Net, Override, Seen, Simulator, Tracked,
+    REACTION_ROUTE,
 };
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
@@ -26,10 +27,6 @@ use tower_rest_ratelimit::{BoxError, Error, RateLimitLayer};
 
 /// The route of the default bucket (5 per second).
 const PINS_ROUTE: &str = "/channels/{channel_id}/pins";
-
-fn pins(channel: u64) -> String {
-    format!("/api/v10/channels/{channel}/pins")
-}
 
 type Svc = tower::util::BoxCloneService<
     http::Request<http_body_util::Full<bytes::Bytes>>,

@@ -13,15 +13,14 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response};
-use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http::{Method, Request};
+use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use support::{client, messages, request, within, Handle, Override, Simulator};
+use support::{auth, client, messages, request, send, within, Handle, Override, Simulator};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 use tower_rest_ratelimit::{BoxError, Builder, Error, Limiter, RateLimit, RateLimitLayer};
 
 const UNAUTHORIZED: &str = r#"{"message": "401: Unauthorized", "code": 0}"#;
@@ -85,23 +84,6 @@ impl Harness {
     fn invalid(&self, token: &str) -> u32 {
         self.limiter.invalid_requests(Some(&auth(token)))
     }
-}
-
-fn auth(token: &str) -> HeaderValue {
-    HeaderValue::from_str(&format!("Bot {token}")).unwrap()
-}
-
-/// Sends one request and reads the whole response; its status.
-async fn send<S, B>(svc: S, req: Request<Full<Bytes>>) -> Result<u16, BoxError>
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = BoxError>,
-    B: Body,
-    B::Error: std::fmt::Debug,
-{
-    let response = svc.oneshot(req).await?;
-    let status = response.status().as_u16();
-    let _ = response.into_body().collect().await;
-    Ok(status)
 }
 
 /// Waits for every task; fails instead of hanging.

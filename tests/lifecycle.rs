@@ -25,28 +25,16 @@ use tower::buffer::Buffer;
 use tower::limit::ConcurrencyLimit;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_rest_ratelimit::route::{self, CompiledRoute};
-use tower_rest_ratelimit::{BoxError, Error, Limiter, RateLimitLayer, Stats};
+use tower_rest_ratelimit::{BoxError, Error, Limiter, RateLimitLayer};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 const TOKEN: &str = "a";
+const SECOND: Duration = Duration::from_secs(1);
 
 /// Key of the simulator's "create message" bucket of one channel.
 fn messages_key(channel: u64) -> String {
     format!("{MESSAGES_HASH}:{channel}")
-}
-
-/// Sends one request, reads the whole body, returns the status.
-async fn send<S, B>(mut svc: S, req: Request<Full<Bytes>>) -> Result<u16, BoxError>
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = BoxError>,
-    B: hyper::body::Body,
-    B::Error: std::fmt::Debug,
-{
-    let response = svc.ready().await?.call(req).await?;
-    let status = response.status().as_u16();
-    body_string(response.into_body()).await;
-    Ok(status)
 }
 
 /// [`send`] on a clone of `svc`, in its own task.
@@ -80,10 +68,6 @@ fn is_closed(result: &Result<u16, BoxError>) -> bool {
         result.as_ref().map_err(|e| e.downcast_ref::<Error>()),
         Err(Some(Error::Closed))
     )
-}
-
-fn idle(stats: &Stats) -> bool {
-    stats.in_flight == 0 && stats.waiters == 0
 }
 
 // --- Malformed headers -------------------------------------------------------
@@ -949,4 +933,105 @@ async fn a_probe_entry_is_let_go_once_its_bucket_is_known() {
     }
     let stats = limiter.stats();
     assert_eq!((stats.buckets, stats.routes), (3, 1), "{stats:?}");
+}
+
+// --- The sweeper ---------------------------------------------------------------
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+}
+
+/// Sends one create-message request per channel through `limiter` to an
+/// in-process simulator.
+async fn touch_channels(limiter: &Limiter, channels: std::ops::Range<u64>) {
+    let (sim, sim_svc) = Simulator::new().global_limit(None).service();
+    let mut svc = RateLimitLayer::with_limiter(limiter.clone()).layer(sim_svc);
+    for channel in channels {
+        let req = request(Method::POST, "discord.test", &messages(channel), TOKEN);
+        let response = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(response.status(), 200, "channel {channel}");
+    }
+    assert_eq!(sim.count_429(), 0);
+}
+
+const SWEEP_AFTER: Duration = Duration::from_secs(10);
+
+/// A limiter whose buckets expire `SWEEP_AFTER` past their reset.
+fn sweeping_limiter() -> Limiter {
+    RateLimitLayer::builder()
+        .global_limit(None)
+        .expire_after(SWEEP_AFTER)
+        .build_limiter()
+}
+
+/// On a second runtime, 200 buckets learned are swept once they expire.
+fn swept_on_a_second_runtime(limiter: &Limiter) {
+    let second = paused_runtime();
+    second.block_on(async {
+        touch_channels(limiter, 1000..1200).await;
+        let before = limiter.stats();
+        assert!(before.buckets >= 200, "{before:?}");
+        // The create-message window is 5 s; the sweeper runs every
+        // expire_after / 2.
+        let reset = 5 * SECOND;
+        tokio::time::sleep(reset + SWEEP_AFTER + SWEEP_AFTER / 2 + SECOND).await;
+        let after = limiter.stats();
+        assert!(after.buckets < 10, "{after:?}");
+    });
+}
+
+/// ARCHITECTURE.md §7.2: the sweeper outlives the runtime it ran on.
+#[test]
+fn sweeper_restarts_after_its_runtime_is_gone() {
+    let limiter = sweeping_limiter();
+    let first = paused_runtime();
+    first.block_on(async {
+        touch_channels(&limiter, 0..1).await;
+        // The runtime lives a while: its sweeper runs.
+        tokio::time::sleep(SECOND).await;
+    });
+    drop(first);
+    swept_on_a_second_runtime(&limiter);
+}
+
+/// ARCHITECTURE.md §7.2: even after a runtime that never ran the sweeper.
+#[test]
+fn sweeper_restarts_after_a_runtime_that_never_ran_it() {
+    let limiter = sweeping_limiter();
+    let first = paused_runtime();
+    // The in-process simulator answers without yielding: the sweeper task
+    // is spawned but never polled before the runtime goes.
+    first.block_on(touch_channels(&limiter, 0..1));
+    drop(first);
+    swept_on_a_second_runtime(&limiter);
+}
+
+/// ARCHITECTURE.md §7.2: `expire_after(Duration::MAX)` never overflows.
+#[tokio::test(start_paused = true)]
+async fn expire_after_max_never_panics() {
+    let h = ScriptedClient::start(
+        Simulator::new(),
+        RateLimitLayer::builder().expire_after(Duration::MAX),
+    );
+    for channel in 1..=3 {
+        let seen = h.send(Method::POST, &messages(channel)).await.unwrap();
+        assert_eq!(seen.status, 200);
+    }
+    assert_eq!(h.limiter().sweep(), 0);
+    let buckets = h.limiter().stats().buckets;
+    assert!(buckets >= 3, "{buckets}");
+    // Long enough for the background sweeper (at most hourly) to run twice.
+    tokio::time::sleep(2 * 3600 * SECOND + SECOND).await;
+    assert_eq!(h.limiter().sweep(), 0);
+    assert_eq!(h.limiter().stats().buckets, buckets, "nothing expires");
+    for channel in 1..=4 {
+        let seen = h.send(Method::POST, &messages(channel)).await.unwrap();
+        assert_eq!(seen.status, 200);
+    }
+    assert_eq!(h.limiter().sweep(), 0);
+    assert_eq!(h.sim.count_429(), 0);
 }

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, Uri};
 use http_body_util::Full;
 use proptest::prelude::*;
-use support::{request, within, Handle, Seen, SimService, Simulator};
+use support::{ms, request, within, Handle, Seen, SimService, Simulator};
 use tower::{Layer, Service, ServiceExt};
 use tower_rest_ratelimit::RateLimitLayer;
 
@@ -109,10 +109,6 @@ async fn run(switch: usize, delays: Vec<Duration>) -> Handle {
     let stats = svc.limiter().stats();
     assert_eq!((stats.in_flight, stats.waiters), (0, 0), "{stats:?}");
     sim
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
 }
 
 /// Which requests were refused, as (arrival order, path), for messages.

@@ -27,7 +27,7 @@ use http_body::{Body, Frame};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use support::{client, gaps, limited_body, request, Handle, Net, Override, Seen, Simulator};
+use support::{client, gaps, limited_body, request, secs, Handle, Net, Override, Seen, Simulator};
 use tokio::time::Instant;
 use tower::retry::Retry;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -36,10 +36,6 @@ use tower_rest_ratelimit::{BoxError, Error, RateLimit, RateLimitLayer};
 
 const MESSAGES: &str = "/api/v10/channels/1/messages";
 const TOKEN: &str = "a";
-
-fn secs(n: f64) -> Duration {
-    Duration::from_secs_f64(n)
-}
 
 // `Net` is the shared transport of tests/support; this test adds the stack
 // under test on top of it.
@@ -103,24 +99,6 @@ fn assert_backoffs(gaps: &[Duration]) {
             *gap >= base && *gap <= base + Duration::from_secs(1),
             "back-off {n} was {gap:?}, expected in [{base:?}, {base:?} + 1 s); all gaps: {gaps:?}"
         );
-    }
-}
-
-fn raw(status: u16, body: &str) -> Override {
-    Override::Raw {
-        status,
-        headers: vec![("Content-Type".into(), "application/json".into())],
-        body: body.into(),
-    }
-}
-
-/// A user 429 that holds the bucket `hold` whole seconds (body, `Retry-After`
-/// and `X-RateLimit-Reset-After` agree).
-fn user_429(hold: u64) -> Override {
-    Override::UserLimit {
-        body_retry_after: hold as f64,
-        reset_after: hold as f64,
-        retry_after_header: hold,
     }
 }
 
@@ -222,7 +200,7 @@ async fn retryable_429s_are_retried_at_most_five_times() {
     let h = Harness::start(Simulator::new());
     let svc = h.net.stack(RetryPolicy::default());
     for _ in 0..10 {
-        h.sim.push_override(user_429(1));
+        h.sim.push_override(Override::user_429(1.0));
     }
 
     let seen = send(&svc, h.request()).await.unwrap();
@@ -243,7 +221,7 @@ async fn max_rate_limit_retries_is_configurable() {
         .net
         .stack(RetryPolicy::default().max_rate_limit_retries(2));
     for _ in 0..10 {
-        h.sim.push_override(user_429(1));
+        h.sim.push_override(Override::user_429(1.0));
     }
 
     let seen = send(&svc, h.request()).await.unwrap();
@@ -264,7 +242,8 @@ async fn server_errors_are_retried_with_exponential_backoff() {
         let h = Harness::start(Simulator::new());
         let svc = h.net.stack(RetryPolicy::default());
         for i in 1..=3 {
-            h.sim.push_override(raw(status, &format!("failure {i}")));
+            h.sim
+                .push_override(Override::json(status, &format!("failure {i}")));
         }
 
         let seen = send(&svc, h.request()).await.unwrap();
@@ -285,7 +264,8 @@ async fn server_errors_are_retried_at_most_three_times() {
     let h = Harness::start(Simulator::new());
     let svc = h.net.stack(RetryPolicy::default());
     for i in 1..=6 {
-        h.sim.push_override(raw(503, &format!("failure {i}")));
+        h.sim
+            .push_override(Override::json(503, &format!("failure {i}")));
     }
 
     let seen = send(&svc, h.request()).await.unwrap();
@@ -303,7 +283,8 @@ async fn max_retries_is_configurable() {
     let h = Harness::start(Simulator::new());
     let svc = h.net.stack(RetryPolicy::default().max_retries(1));
     for i in 1..=3 {
-        h.sim.push_override(raw(502, &format!("failure {i}")));
+        h.sim
+            .push_override(Override::json(502, &format!("failure {i}")));
     }
 
     let seen = send(&svc, h.request()).await.unwrap();
@@ -320,7 +301,7 @@ async fn client_errors_and_other_statuses_are_not_retried() {
     for status in [404, 400, 501] {
         let h = Harness::start(Simulator::new());
         let svc = h.net.stack(RetryPolicy::default());
-        h.sim.push_override(raw(status, "nope"));
+        h.sim.push_override(Override::json(status, "nope"));
 
         let seen = send(&svc, h.request()).await.unwrap();
 
@@ -439,7 +420,7 @@ async fn rate_limit_too_long_is_not_retried() {
             )
             .service(h.net.clone())
     };
-    h.sim.push_override(user_429(30));
+    h.sim.push_override(Override::user_429(30.0));
     let t0 = Instant::now();
 
     let error = send(&svc, h.request()).await.expect_err("too long a wait");
@@ -516,7 +497,7 @@ async fn requests_whose_body_cannot_be_cloned_are_not_retried() {
         let (sim, addr) = Simulator::new().start();
         let net = Net::new(Client::builder(TokioExecutor::new()).build_http::<Streamed>());
         let svc = net.stack(RetryPolicy::default());
-        sim.push_override(raw(503, "unavailable"));
+        sim.push_override(Override::json(503, "unavailable"));
         let req = request(Method::POST, &addr.to_string(), MESSAGES, TOKEN)
             .map(|_| Streamed::new(r#"{"content":"hi"}"#, clonable));
 

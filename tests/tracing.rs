@@ -70,28 +70,6 @@ impl Client {
     }
 }
 
-fn json(status: u16, headers: &[(&str, &str)], body: &str) -> Override {
-    let mut all = vec![("Content-Type".to_owned(), "application/json".to_owned())];
-    all.extend(
-        headers
-            .iter()
-            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned())),
-    );
-    Override::Raw {
-        status,
-        headers: all,
-        body: body.to_owned(),
-    }
-}
-
-fn user_429(secs: u64) -> Override {
-    Override::UserLimit {
-        body_retry_after: secs as f64,
-        reset_after: secs as f64,
-        retry_after_header: secs,
-    }
-}
-
 /// Runs requests that make the layer learn, create and remap buckets, wait
 /// (on a bucket, an unknown bucket and the global throttle), meet 429s and
 /// malformed headers, on routes with webhook and interaction tokens; returns
@@ -108,7 +86,7 @@ async fn record_a_session() -> Vec<String> {
 
     // Learned and created; then a user 429 and a wait on its hold.
     assert_eq!(c.send(Method::POST, &messages(1)).await, 200);
-    sim.push_override_for(&messages(1), user_429(1));
+    sim.push_override_for(&messages(1), Override::user_429(1.0));
     assert_eq!(c.send(Method::POST, &messages(1)).await, 429);
     let t = Instant::now();
     assert_eq!(c.send(Method::POST, &messages(1)).await, 200);
@@ -121,19 +99,19 @@ async fn record_a_session() -> Vec<String> {
         ("X-RateLimit-Remaining", "4"),
         ("X-RateLimit-Reset-After", "5.000"),
     ];
-    sim.push_override_for(&messages(1), json(200, &remapped, "{}"));
+    sim.push_override_for(&messages(1), Override::json_with(200, &remapped, "{}"));
     assert_eq!(c.send(Method::POST, &messages(1)).await, 200);
 
     // A webhook: learned, a 429, a wait, malformed headers.
     assert_eq!(c.send(Method::POST, WEBHOOK).await, 200);
-    sim.push_override_for(WEBHOOK, user_429(1));
+    sim.push_override_for(WEBHOOK, Override::user_429(1.0));
     assert_eq!(c.send(Method::POST, WEBHOOK).await, 429);
     assert_eq!(c.send(Method::POST, WEBHOOK).await, 200);
     let malformed = [
         ("X-RateLimit-Remaining", "-1"),
         ("X-RateLimit-Reset-After", "NaN"),
     ];
-    sim.push_override_for(WEBHOOK, json(200, &malformed, "{}"));
+    sim.push_override_for(WEBHOOK, Override::json_with(200, &malformed, "{}"));
     assert_eq!(c.send(Method::POST, WEBHOOK).await, 200);
 
     // Two requests at once on another webhook: one waits for the probe.
@@ -160,11 +138,11 @@ async fn record_a_session() -> Vec<String> {
 
     // An interaction callback: a 401, and a 429 of an unknown scope.
     let unauthorized = r#"{"message": "401: Unauthorized", "code": 0}"#;
-    sim.push_override_for(CALLBACK, json(401, &[], unauthorized));
+    sim.push_override_for(CALLBACK, Override::json_with(401, &[], unauthorized));
     assert_eq!(c.send(Method::POST, CALLBACK).await, 401);
     let body = limited_body(second, false);
     let odd = [("X-RateLimit-Scope", "odd-scope"), ("Retry-After", "1")];
-    sim.push_override_for(CALLBACK, json(429, &odd, &body));
+    sim.push_override_for(CALLBACK, Override::json_with(429, &odd, &body));
     assert_eq!(c.send(Method::POST, CALLBACK).await, 429);
 
     assert_eq!(sim.pending_overrides(), 0);

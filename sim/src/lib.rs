@@ -65,7 +65,7 @@ use tokio::time::Instant;
 pub use self::log::{BucketKey, LoggedRequest, Scope, WindowCount};
 #[cfg(feature = "metrics")]
 pub use self::metrics::{MetricsRecorder, Series, Value};
-pub use self::response::{limited_body, Override, RATE_LIMITED_MESSAGE};
+pub use self::response::{limited_body, secs3, Override, RATE_LIMITED_MESSAGE};
 pub use self::route::{derived_hash, Route, INTERACTION_TOKEN_PREFIX};
 pub use self::server::{body_string, client, request, SimService};
 pub use self::state::{BucketConfig, GLOBAL_WINDOW};

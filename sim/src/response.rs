@@ -51,6 +51,54 @@ pub enum Override {
     },
 }
 
+impl Override {
+    /// A user 429 that holds the bucket `secs` seconds by every measure:
+    /// the body's `retry_after`, `X-RateLimit-Reset-After`, and
+    /// `Retry-After` (rounded up to whole seconds).
+    pub fn user_429(secs: f64) -> Self {
+        Override::UserLimit {
+            body_retry_after: secs,
+            reset_after: secs,
+            retry_after_header: secs.ceil() as u64,
+        }
+    }
+
+    /// An exact answer with a JSON body and no other header.
+    pub fn json(status: u16, body: &str) -> Self {
+        Self::json_with(status, &[], body)
+    }
+
+    /// An exact answer with a JSON body and these headers.
+    pub fn json_with(status: u16, headers: &[(&str, &str)], body: &str) -> Self {
+        let content_type = [("Content-Type", "application/json")];
+        Self::raw(
+            status,
+            content_type.iter().chain(headers).map(|(n, v)| (*n, *v)),
+            body,
+        )
+    }
+
+    /// An exact answer: these headers (in this order) and this body.
+    pub fn raw<N, V>(
+        status: u16,
+        headers: impl IntoIterator<Item = (N, V)>,
+        body: impl Into<String>,
+    ) -> Self
+    where
+        N: Into<String>,
+        V: Into<String>,
+    {
+        Override::Raw {
+            status,
+            headers: headers
+                .into_iter()
+                .map(|(name, value)| (name.into(), value.into()))
+                .collect(),
+            body: body.into(),
+        }
+    }
+}
+
 /// Bucket state reported in `X-RateLimit-*` headers.
 #[derive(Debug, Clone)]
 pub struct BucketHeaders {

@@ -183,6 +183,21 @@ struct Carry {
     left: u32,
 }
 
+/// What an answer's bucket hash says of its route (ARCHITECTURE.md §4.5),
+/// from [`Manager::learn_route`].
+#[derive(Debug, Default, PartialEq)]
+struct Learned {
+    /// The bucket the answer goes to, when it is not the granted key: the
+    /// one the route's hash, learned or changed, names.
+    target: Option<BucketKey>,
+    /// Whether the requests in flight under the granted key go with the
+    /// route to `target`.
+    carry: bool,
+    /// The answer names a hash the route left after the grant: not
+    /// followed, and its limits are not learned.
+    stale: bool,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Manager {
     routes: Map<Route, Arc<str>>,
@@ -459,10 +474,7 @@ impl Manager {
         if let Some(bucket) = self.buckets.get_mut(probe) {
             bucket.release(0, true);
             waiters.wake(probe);
-            if bucket.in_flight() == 0 && !waiters.queued(probe) && bucket.known_wait(now).is_none()
-            {
-                self.buckets.remove(probe);
-            }
+            self.drop_route_entry(probe, waiters, now);
         }
     }
 
@@ -513,7 +525,13 @@ impl Manager {
         }
     }
 
-    /// Learns from the answer to a granted request.
+    /// Learns from the answer to a granted request, rule by rule: the
+    /// token's part ([`answer_token`](Self::answer_token)), the route's
+    /// bucket hash ([`learn_route`](Self::learn_route)), the granted
+    /// bucket's slot ([`end_granted`](Self::end_granted)), the requests
+    /// carried by a remap ([`carry_in_flight`](Self::carry_in_flight)), the
+    /// bucket the answer names ([`apply_answer`]), and the entry by route
+    /// ([`drop_route_entry`](Self::drop_route_entry)).
     pub(crate) fn record(
         &mut self,
         lease: Lease,
@@ -528,136 +546,184 @@ impl Manager {
         let guessed = lease.probe();
         let (key, route) = lease.into_parts();
         let probe = guessed.then(|| probe_key(&route, &key));
-        if global {
-            self.free_global(key.auth, true, waiters, now);
-        }
-        self.observe_token(key.auth, facts, call.policy, now);
-        self.end_in_flight(key.auth, false, call, now);
+        self.answer_token(key.auth, global, facts, call, now);
         if facts.rejected {
             tracing::debug!(%route, hold = ?facts.hold, scope = ?facts.scope, global = facts.global, "429");
         }
-
-        // The route's bucket hash, learned or changed.
-        let mut target = None;
-        // Whether the requests in flight under this key go with the route
-        // to its new bucket: the route's own, and, when other routes share
-        // the old hash, theirs too (counted in both, which is safe).
-        let mut carry = false;
-        let mut stale = false;
-        if let Some(hash) = facts.bucket {
-            let current = self.routes.get(&route);
-            // An answer to a request granted before the route's last remap
-            // names a hash the route has left: it is not followed back.
-            stale = current.is_some_and(|c| **c != *hash)
-                && self.remaps.get(&route).is_some_and(|e| epoch < *e);
-            if stale {
-                tracing::debug!(%route, bucket = %hash, "answer from before the route's remap: not followed");
-            }
-            let known = match current {
-                _ if stale => None,
-                Some(current) if **current == *hash => Some(Arc::clone(current)),
-                old => {
-                    carry = match &key.id {
-                        BucketId::Route(r) => *r == route,
-                        BucketId::Hash(h) => old.is_some_and(|old| old == h),
-                    };
-                    let hash: Arc<str> = Arc::from(hash);
-                    match old {
-                        Some(old) => {
-                            tracing::debug!(%route, %old, new = %hash, "bucket remapped");
-                            self.epoch += 1;
-                            self.remaps.insert(route.clone(), self.epoch);
-                        }
-                        None => tracing::debug!(%route, bucket = %hash, "bucket learned"),
-                    }
-                    self.routes.insert(route, Arc::clone(&hash));
-                    Some(hash)
-                }
-            };
-            if let Some(known) = known {
-                if !matches!(&key.id, BucketId::Hash(h) if **h == *known) {
-                    target = Some(BucketKey {
-                        id: BucketId::Hash(known),
-                        major: key.major.clone(),
-                        auth: key.auth,
-                    });
-                }
-            }
-        }
-
-        let moved = target.is_some();
-        let mut carried = 0;
-        if let Some(bucket) = self.buckets.get_mut(&key) {
-            // A wrong guess: the server counted the request in the bucket
-            // its answer names, not in the sibling's, whose slot comes back.
-            bucket.release(generation, !(guessed && moved));
-            if moved {
-                // Else woken below, once the answer is learned.
-                waiters.wake(&key);
-            }
-            if carry && moved {
-                carried = bucket.in_flight();
-            }
-        }
+        let learned = match facts.bucket {
+            Some(hash) => self.learn_route(route, &key, hash, epoch),
+            None => Learned::default(),
+        };
+        let moved = learned.target.is_some();
+        let carried = self.end_granted(&key, generation, guessed, &learned, waiters);
         self.end_carried(&key, epoch, waiters);
         if let Some(probe) = &probe {
             self.end_probe(probe, waiters, now);
         }
-        let (bucket, at) = match target {
+        let at = learned.target.as_ref().unwrap_or(&key);
+        let bucket = match &learned.target {
             None => match self.buckets.get_mut(&key) {
-                Some(bucket) => (bucket, &key),
+                Some(bucket) => bucket,
                 None => return,
             },
-            Some(ref target) => {
-                if carried > 0 {
-                    // They land in the new bucket: count them there (the old
-                    // one keeps counting them too until they answer).
-                    self.epoch += 1;
-                    tracing::debug!(carried, "requests in flight carried to the new bucket");
-                    self.carries.entry(key.clone()).or_default().push(Carry {
-                        epoch: self.epoch,
-                        to: target.clone(),
-                        left: carried,
-                    });
-                }
-                let bucket = match self.buckets.entry(target.clone()) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        tracing::debug!(bucket = ?e.key().id, major = ?e.key().major, "bucket created");
-                        e.insert(Bucket::new(now))
-                    }
-                };
-                bucket.carry_in(carried);
-                (bucket, target)
-            }
+            Some(target) => self.carry_in_flight(&key, target, carried, now),
         };
         // A bucket still known by its route learns limits only with the
         // hash that names them (and then they go to that bucket): until
         // then it stays one request at a time.
-        let named = !stale && (matches!(key.id, BucketId::Hash(_)) || facts.bucket.is_some());
-        match (facts.rejected, facts.hold) {
-            (true, Some(hold)) if !facts.global => {
-                bucket.block(now + hold, facts.scope != Some(Scope::Shared))
-            }
-            // The generation is the granted bucket's: of no meaning in
-            // another.
-            _ if facts.has_bucket_headers() && named => {
-                bucket.apply(facts, now, (!moved).then_some(generation))
-            }
-            _ if facts.status.is_success() && !facts.any_header => bucket.no_headers(),
-            _ => {}
-        }
+        let named =
+            !learned.stale && (matches!(key.id, BucketId::Hash(_)) || facts.bucket.is_some());
+        // The generation is the granted bucket's: of no meaning in another.
+        apply_answer(bucket, facts, named, (!moved).then_some(generation), now);
         waiters.wake(at);
-
         if moved && matches!(key.id, BucketId::Route(_)) {
-            // The entry by route has served its purpose once nothing flies,
-            // waits or is held there: the bucket is known by its hash now.
-            let done = self.buckets.get(&key).is_some_and(|b| {
-                b.in_flight() == 0 && !waiters.queued(&key) && b.known_wait(now).is_none()
-            });
-            if done {
-                self.buckets.remove(&key);
+            self.drop_route_entry(&key, waiters, now);
+        }
+    }
+
+    /// The token's part of an answer (ARCHITECTURE.md §5.2, §6): its slot
+    /// of the proactive global limit is held until a second after the
+    /// answer; the answer counts as invalid or not, and a global 429
+    /// throttles the token; the request is no longer in flight.
+    fn answer_token(
+        &mut self,
+        auth: AuthHash,
+        global_slot: bool,
+        facts: &ResponseFacts<'_>,
+        call: Call<'_>,
+        now: Instant,
+    ) {
+        if global_slot {
+            self.free_global(auth, true, call.waiters, now);
+        }
+        self.observe_token(auth, facts, call.policy, now);
+        self.end_in_flight(auth, false, call, now);
+    }
+
+    /// What an answer naming bucket `hash`, to a request of `route` granted
+    /// under `key` at `epoch`, says of the route (ARCHITECTURE.md §4.1,
+    /// §4.5): its hash is learned, or it changed and the route is remapped.
+    /// An answer to a request granted before the route's last remap names a
+    /// hash the route has left: it is not followed back (`stale`).
+    fn learn_route(&mut self, route: Route, key: &BucketKey, hash: &str, epoch: u64) -> Learned {
+        let current = self.routes.get(&route);
+        let stale = current.is_some_and(|c| **c != *hash)
+            && self.remaps.get(&route).is_some_and(|e| epoch < *e);
+        if stale {
+            tracing::debug!(%route, bucket = %hash, "answer from before the route's remap: not followed");
+            return Learned {
+                stale: true,
+                ..Learned::default()
+            };
+        }
+        let mut carry = false;
+        let known = match current {
+            Some(current) if **current == *hash => Arc::clone(current),
+            old => {
+                // The route's own requests in flight go with it; and when
+                // other routes share the old hash, theirs too (counted in
+                // both, which is safe).
+                carry = match &key.id {
+                    BucketId::Route(r) => *r == route,
+                    BucketId::Hash(h) => old.is_some_and(|old| old == h),
+                };
+                let hash: Arc<str> = Arc::from(hash);
+                match old {
+                    Some(old) => {
+                        tracing::debug!(%route, %old, new = %hash, "bucket remapped");
+                        self.epoch += 1;
+                        self.remaps.insert(route.clone(), self.epoch);
+                    }
+                    None => tracing::debug!(%route, bucket = %hash, "bucket learned"),
+                }
+                self.routes.insert(route, Arc::clone(&hash));
+                hash
             }
+        };
+        let target = (!matches!(&key.id, BucketId::Hash(h) if **h == *known)).then(|| BucketKey {
+            id: BucketId::Hash(known),
+            major: key.major.clone(),
+            auth: key.auth,
+        });
+        Learned {
+            target,
+            carry,
+            stale: false,
+        }
+    }
+
+    /// The granted bucket's slot is answered (ARCHITECTURE.md §4.2). A
+    /// wrong guess (§4.6) gives its slot back: the server counted the
+    /// request in the bucket its answer names, not in the sibling's. When
+    /// the route moved, the bucket's waiters are woken (to follow it), and
+    /// the requests still in flight there that go with the route (§4.5)
+    /// are counted: returns how many.
+    fn end_granted(
+        &mut self,
+        key: &BucketKey,
+        generation: u32,
+        guessed: bool,
+        learned: &Learned,
+        waiters: &dyn Waiters,
+    ) -> u32 {
+        let moved = learned.target.is_some();
+        let Some(bucket) = self.buckets.get_mut(key) else {
+            return 0;
+        };
+        bucket.release(generation, !(guessed && moved));
+        if !moved {
+            // Woken once the answer is learned.
+            return 0;
+        }
+        waiters.wake(key);
+        if learned.carry {
+            bucket.in_flight()
+        } else {
+            0
+        }
+    }
+
+    /// The route moved from `from` to `to`: the `carried` requests in
+    /// flight under `from` land in `to`, so they count there too (the old
+    /// bucket keeps counting them until they answer), and `to`'s refill
+    /// counts them (ARCHITECTURE.md §4.5, §4.3). Returns `to`'s bucket,
+    /// created if new.
+    fn carry_in_flight(
+        &mut self,
+        from: &BucketKey,
+        to: &BucketKey,
+        carried: u32,
+        now: Instant,
+    ) -> &mut Bucket {
+        if carried > 0 {
+            self.epoch += 1;
+            tracing::debug!(carried, "requests in flight carried to the new bucket");
+            self.carries.entry(from.clone()).or_default().push(Carry {
+                epoch: self.epoch,
+                to: to.clone(),
+                left: carried,
+            });
+        }
+        let bucket = match self.buckets.entry(to.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                tracing::debug!(bucket = ?e.key().id, major = ?e.key().major, "bucket created");
+                e.insert(Bucket::new(now))
+            }
+        };
+        bucket.carry_in(carried);
+        bucket
+    }
+
+    /// An entry by route (an unknown bucket, or a route's own probe) has
+    /// served its purpose once nothing flies, waits or is held there: the
+    /// bucket is known by its hash now (ARCHITECTURE.md §4.1, §4.6).
+    fn drop_route_entry(&mut self, key: &BucketKey, waiters: &dyn Waiters, now: Instant) {
+        let done = self.buckets.get(key).is_some_and(|b| {
+            b.in_flight() == 0 && !waiters.queued(key) && b.known_wait(now).is_none()
+        });
+        if done {
+            self.buckets.remove(key);
         }
     }
 
@@ -795,6 +861,30 @@ impl Manager {
         self.auths
             .get_mut(&auth)
             .map_or(0, |a| a.invalid.count(now))
+    }
+}
+
+/// What an answer says of the bucket it goes to (ARCHITECTURE.md §4.4,
+/// §4.7, §4.8): a `user` or `shared` 429 holds it for the 429's hold (a
+/// `shared` one keeps its `remaining`); a bucket's headers, when they are
+/// the named bucket's (`named`), set its window, limit and remaining
+/// (`generation`: the window the slot came from, when the bucket is the
+/// granted one); a 2xx with no rate-limit header marks it unlimited. A
+/// global 429 holds the token, not the bucket.
+fn apply_answer(
+    bucket: &mut Bucket,
+    facts: &ResponseFacts<'_>,
+    named: bool,
+    generation: Option<u32>,
+    now: Instant,
+) {
+    match (facts.rejected, facts.hold) {
+        (true, Some(hold)) if !facts.global => {
+            bucket.block(now + hold, facts.scope != Some(Scope::Shared))
+        }
+        _ if facts.has_bucket_headers() && named => bucket.apply(facts, now, generation),
+        _ if facts.status.is_success() && !facts.any_header => bucket.no_headers(),
+        _ => {}
     }
 }
 
@@ -1348,5 +1438,270 @@ mod tests {
             learn(&mut m, g, StatusCode::OK, &ok(10, 7, 1.0, "moved"), &c, t0);
         }
         assert_eq!(m.counts(t0).in_flight, 0);
+    }
+
+    // --- The rules `record` is made of --------------------------------------
+
+    /// The hash key `hash` of the route `lease` was granted for.
+    fn hash_key(lease: &Lease, hash: &str) -> BucketKey {
+        BucketKey {
+            id: BucketId::Hash(Arc::from(hash)),
+            major: lease.key().major.clone(),
+            auth: lease.key().auth,
+        }
+    }
+
+    /// ARCHITECTURE.md §4.1, §4.5: an answer's hash is learned for its
+    /// route, a changed one remaps it (the epoch marks the remap), and an
+    /// answer to a request granted before the remap that names the old hash
+    /// is not followed back.
+    #[test]
+    fn learn_route_learns_remaps_and_never_follows_a_stale_answer_back() {
+        let (c, t0, mut m) = (config(None, None), Instant::now(), Manager::default());
+        let probe = try_route(&mut m, &channel(1), &c, t0).unwrap();
+        let (key, route) = (probe.key().clone(), probe.route().clone());
+        let h = hash_key(&probe, "h");
+
+        // First contact: the route's own requests go with it to "h".
+        let learned = m.learn_route(route.clone(), &key, "h", probe.epoch());
+        let expected = Learned {
+            target: Some(h.clone()),
+            carry: true,
+            stale: false,
+        };
+        assert_eq!(learned, expected);
+        assert_eq!(m.routes.get(&route).map(|h| &**h), Some("h"));
+        assert_eq!((m.epoch, m.remaps.get(&route)), (0, None), "no remap");
+
+        // The same hash from the bucket it names: nothing moves.
+        let learned = m.learn_route(route.clone(), &h, "h", 0);
+        assert_eq!(learned, Learned::default());
+
+        // A changed hash: remapped, and the requests in flight under "h"
+        // go with the route.
+        let learned = m.learn_route(route.clone(), &h, "h2", 0);
+        let expected = Learned {
+            target: Some(hash_key(&probe, "h2")),
+            carry: true,
+            stale: false,
+        };
+        assert_eq!(learned, expected);
+        assert_eq!((m.epoch, m.remaps.get(&route)), (1, Some(&1)));
+
+        // A late answer to a request granted before the remap, naming "h".
+        let learned = m.learn_route(route.clone(), &h, "h", 0);
+        let expected = Learned {
+            stale: true,
+            ..Learned::default()
+        };
+        assert_eq!(learned, expected);
+        assert_eq!(m.routes.get(&route).map(|h| &**h), Some("h2"));
+        // Granted after it, the same answer remaps the route back (to the
+        // bucket that answered: nothing moves).
+        let learned = m.learn_route(route.clone(), &h, "h", 1);
+        assert_eq!(learned, Learned::default());
+        assert_eq!(m.routes.get(&route).map(|h| &**h), Some("h"));
+        assert_eq!(m.epoch, 2);
+    }
+
+    /// ARCHITECTURE.md §4.2, §4.5, §4.6: the granted slot is answered; a
+    /// wrong guess gives its slot back; when the route moved, the requests
+    /// still in flight that go with it are counted.
+    #[test]
+    fn end_granted_answers_the_slot_and_counts_what_goes_with_the_route() {
+        let (c, t0, mut m) = (config(None, None), Instant::now(), Manager::default());
+        let route = channel(1);
+        let g = try_route(&mut m, &route, &c, t0).unwrap();
+        learn(&mut m, g, StatusCode::OK, &ok(10, 9, 1.0, "h"), &c, t0);
+        let grants: Vec<Lease> = (0..4)
+            .map(|_| try_route(&mut m, &route, &c, t0).unwrap())
+            .collect();
+        let key = grants[0].key().clone();
+        let generation = grants[0].window() as u32;
+        let bucket = |m: &Manager| {
+            let b = &m.buckets[&key];
+            (b.in_flight(), b.remaining())
+        };
+        assert_eq!(bucket(&m), (4, 5));
+        let waiters = c.call().waiters;
+
+        // Not moved: answered, nothing carried.
+        let stay = Learned::default();
+        assert_eq!(m.end_granted(&key, generation, false, &stay, waiters), 0);
+        assert_eq!(bucket(&m), (3, 5));
+
+        // Moved, with the route's requests: the other two in flight go.
+        let moved = Learned {
+            target: Some(hash_key(&grants[0], "h2")),
+            carry: true,
+            stale: false,
+        };
+        assert_eq!(m.end_granted(&key, generation, false, &moved, waiters), 2);
+        assert_eq!(bucket(&m), (2, 5));
+
+        // A wrong guess: its slot comes back to the window it came from.
+        let guess = Learned {
+            carry: false,
+            ..moved
+        };
+        assert_eq!(m.end_granted(&key, generation, true, &guess, waiters), 0);
+        assert_eq!(bucket(&m), (1, 6));
+    }
+
+    /// ARCHITECTURE.md §4.5, §4.3: requests carried to the bucket a remap
+    /// names count in flight there (so its refill counts them), and are
+    /// remembered so that their end ends them there too.
+    #[test]
+    fn carry_in_flight_counts_the_carried_requests_in_the_new_bucket() {
+        let (c, t0, mut m) = (config(None, None), Instant::now(), Manager::default());
+        let g = try_route(&mut m, &channel(1), &c, t0).unwrap();
+        let (from, to) = (hash_key(&g, "old"), hash_key(&g, "new"));
+
+        let bucket = m.carry_in_flight(&from, &to, 2, t0);
+        assert_eq!(bucket.in_flight(), 2);
+        assert_eq!(m.epoch, 1, "a carry is ordered like a remap");
+        let carries = &m.carries[&from];
+        assert_eq!(carries.len(), 1);
+        assert_eq!(
+            (carries[0].epoch, &carries[0].to, carries[0].left),
+            (1, &to, 2)
+        );
+
+        // Their ends end them in the new bucket too.
+        m.end_carried(&from, 0, c.call().waiters);
+        m.end_carried(&from, 0, c.call().waiters);
+        assert_eq!(m.buckets[&to].in_flight(), 0);
+        assert!(m.carries.is_empty());
+
+        // Nothing to carry: the bucket is made, nothing is remembered.
+        let other = hash_key(&g, "other");
+        assert_eq!(m.carry_in_flight(&from, &other, 0, t0).in_flight(), 0);
+        assert_eq!(m.epoch, 1);
+        assert!(m.carries.is_empty());
+    }
+
+    /// ARCHITECTURE.md §4.4, §4.7, §4.8: a user 429 holds the bucket and
+    /// empties it, a shared one holds it and keeps `remaining`, a global one
+    /// leaves it; headers teach limits only when the bucket is named; a 2xx
+    /// with no rate-limit header marks it unlimited.
+    #[test]
+    fn apply_answer_holds_learns_and_marks_unlimited() {
+        let t0 = Instant::now();
+        let known = |remaining| {
+            let mut b = Bucket::new(t0);
+            let info = ok(5, remaining, 1.0, "h");
+            apply_answer(&mut b, &facts(StatusCode::OK, &info, t0), true, None, t0);
+            b
+        };
+        let b = known(3);
+        assert_eq!((b.limit(), b.remaining()), (Some(5), 3));
+
+        let mut unnamed = Bucket::new(t0);
+        let info = ok(5, 3, 1.0, "h");
+        apply_answer(
+            &mut unnamed,
+            &facts(StatusCode::OK, &info, t0),
+            false,
+            None,
+            t0,
+        );
+        assert_eq!(unnamed.limit(), None, "limits only with the hash");
+
+        let hold = Duration::from_secs(2);
+        let rejected = |scope, global| RateLimitInfo {
+            too_many_requests: Some(TooManyRequests {
+                scope: Some(scope),
+                global,
+                retry_after: Some(hold),
+                ..TooManyRequests::default()
+            }),
+            ..RateLimitInfo::default()
+        };
+        let status = StatusCode::TOO_MANY_REQUESTS;
+        let mut user = known(3);
+        let info = rejected(Scope::User, false);
+        apply_answer(&mut user, &facts(status, &info, t0), true, None, t0);
+        assert_eq!(
+            (user.known_wait(t0), user.remaining()),
+            (Some(t0 + hold), 0)
+        );
+
+        let mut shared = known(3);
+        let info = rejected(Scope::Shared, false);
+        apply_answer(&mut shared, &facts(status, &info, t0), true, None, t0);
+        assert_eq!(
+            (shared.known_wait(t0), shared.remaining()),
+            (Some(t0 + hold), 3)
+        );
+
+        let mut global = known(3);
+        let info = rejected(Scope::Global, true);
+        apply_answer(&mut global, &facts(status, &info, t0), true, None, t0);
+        assert_eq!((global.known_wait(t0), global.remaining()), (None, 3));
+
+        let mut bare = Bucket::new(t0);
+        bare.carry_in(1);
+        assert_eq!(bare.check(t0), Some(None), "an unknown bucket probes");
+        let info = RateLimitInfo::default();
+        apply_answer(
+            &mut bare,
+            &facts(StatusCode::OK, &info, t0),
+            false,
+            None,
+            t0,
+        );
+        assert_eq!(bare.check(t0), None, "unlimited");
+    }
+
+    /// ARCHITECTURE.md §4.1: an entry by route goes once nothing flies,
+    /// waits or is held there, not before.
+    #[test]
+    fn drop_route_entry_waits_until_nothing_flies_or_is_held() {
+        let (c, t0, mut m) = (config(None, None), Instant::now(), Manager::default());
+        let g = try_route(&mut m, &channel(1), &c, t0).unwrap();
+        let key = g.key().clone();
+        assert!(matches!(key.id, BucketId::Route(_)));
+        let waiters = c.call().waiters;
+
+        m.drop_route_entry(&key, waiters, t0);
+        assert!(m.buckets.contains_key(&key), "a request flies");
+
+        let bucket = m.buckets.get_mut(&key).unwrap();
+        bucket.release(0, true);
+        bucket.block(t0 + Duration::from_secs(1), true);
+        m.drop_route_entry(&key, waiters, t0);
+        assert!(m.buckets.contains_key(&key), "held by a 429");
+
+        m.drop_route_entry(&key, waiters, t0 + Duration::from_secs(1));
+        assert!(!m.buckets.contains_key(&key));
+    }
+
+    /// ARCHITECTURE.md §5.2, §6: the token's part of an answer frees its
+    /// global slot (until a second after the answer), counts an invalid
+    /// answer, and ends the request in flight.
+    #[test]
+    fn answer_token_frees_the_global_slot_counts_invalid_and_ends_in_flight() {
+        let t0 = Instant::now();
+        let mut c = config(Some(10), None);
+        c.policy.global_per_second = Some(1);
+        let mut m = Manager::default();
+        let g = try_route(&mut m, &channel(1), &c, t0).unwrap();
+        assert!(g.global_slot());
+        assert!(
+            try_route(&mut m, &channel(2), &c, t0).is_none(),
+            "1 a second"
+        );
+        assert_eq!(in_flight(&m, A), 1);
+
+        let info = RateLimitInfo::default();
+        let answer = facts(StatusCode::UNAUTHORIZED, &info, t0);
+        m.answer_token(A, true, &answer, c.call(), t0);
+        assert_eq!((m.invalid_count(A, t0), in_flight(&m, A)), (1, 0));
+        assert!(
+            try_route(&mut m, &channel(2), &c, t0).is_none(),
+            "held a second"
+        );
+        let later = t0 + Duration::from_secs(1);
+        assert!(try_route(&mut m, &channel(2), &c, later).is_some());
     }
 }

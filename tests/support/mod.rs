@@ -8,8 +8,10 @@
 //! round trips take no virtual time, and [`tick_clock`], which bounds each
 //! leap to [`TICK`]. It also has response bodies made of given frames
 //! ([`Frames`]) or that stall ([`Stall`]), a `tracing` recorder
-//! ([`record_events`]), what a caller saw through the layer ([`Seen`]), and,
-//! on Unix, Redis servers of the tests' own ([`redis`]).
+//! ([`record_events`]), what a caller saw through the layer ([`Seen`]), a
+//! rate-limited client whose answers a script decides ([`ScriptedClient`]),
+//! small helpers many tests use ([`send`], [`secs`], ...), and, on Unix,
+//! Redis servers of the tests' own ([`redis`]).
 //!
 //! ```ignore
 //! let (sim, addr) = Simulator::new().start();
@@ -22,9 +24,11 @@
 
 mod clock;
 mod frames;
+mod helpers;
 mod recorder;
 #[cfg(unix)]
 pub mod redis;
+mod scripted;
 mod seen;
 mod stall;
 mod wire;
@@ -40,7 +44,14 @@ pub use self::clock::{gaps, settle, tick_clock, within, HANG, TICK};
 #[allow(unused_imports)]
 pub use self::frames::{create_message, steps, user_429, FrameError, Frames, Step};
 #[allow(unused_imports)]
+pub use self::helpers::{auth, idle, ms, pins, secs, send, statuses};
+#[allow(unused_imports)]
 pub use self::recorder::{record_events, record_events_at, Recorder};
+#[allow(unused_imports)]
+pub use self::scripted::{
+    epoch, ScriptedBucket, ScriptedClient, ScriptedNet, Scripting, SCRIPTED_START_MS,
+    SCRIPTED_TOKEN,
+};
 #[allow(unused_imports)]
 pub use self::seen::Seen;
 #[allow(unused_imports)]
