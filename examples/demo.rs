@@ -22,15 +22,17 @@
 //! ```text
 //! cargo run --example demo --features metrics
 //! ```
-
-#[path = "../tests/support/mod.rs"]
-mod support;
+//!
+//! The server is `discord_sim` (the `sim/` crate of this repository, a
+//! dev-dependency), which also counts what it saw for the report, and
+//! whose `MetricsRecorder` keeps the metrics to print; a program of yours
+//! would install an exporter instead (Prometheus, OpenTelemetry, ...).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use discord_sim::{client, request, sim_with_messages};
 use http::Method;
-use support::{client, request, sim_with_messages};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rest_ratelimit::{Limiter, RateLimitInfo, RateLimitLayer};
@@ -106,7 +108,7 @@ async fn main() -> Result<(), tower::BoxError> {
     // from zero with it.
     #[cfg(feature = "metrics")]
     let recorder = {
-        let recorder = support::MetricsRecorder::new();
+        let recorder = discord_sim::MetricsRecorder::new();
         metrics::set_global_recorder(recorder.clone())
             .map_err(|e| format!("a recorder was installed already: {e}"))?;
         tower_rest_ratelimit::metrics::describe();

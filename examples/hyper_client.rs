@@ -9,9 +9,10 @@
 //! Against the real API, use `https://discord.com/api/v10` as the base URL
 //! and an HTTPS connector (for example `hyper-rustls`) instead of
 //! `build_http`; the stack stays the same.
-
-#[path = "../tests/support/mod.rs"]
-mod support;
+//!
+//! The server is `discord_sim` (the `sim/` crate of this repository, a
+//! dev-dependency): `discord_sim::...` starts it and `sim` reports what it
+//! saw; the rest copies as it is.
 
 use std::time::Duration;
 
@@ -33,11 +34,11 @@ const MESSAGES_PER_CHANNEL: u64 = 10;
 async fn main() -> Result<(), tower::BoxError> {
     // A simulated Discord. "Create message" allows 5 per second per channel
     // here (5 per 5 s on Discord), to keep the run short.
-    let (sim, addr) = support::sim_with_messages(5, Duration::from_secs(1))
+    let (sim, addr) = discord_sim::sim_with_messages(5, Duration::from_secs(1))
         .latency(Duration::from_millis(20))
         .start();
     // The first request gets a 503, to show a retry after a back-off.
-    sim.push_override(support::Override::Raw {
+    sim.push_override(discord_sim::Override::Raw {
         status: 503,
         headers: vec![],
         body: r#"{"message": "Service Unavailable"}"#.into(),
@@ -112,7 +113,7 @@ async fn main() -> Result<(), tower::BoxError> {
         sim.requests().len() as u64 - total
     );
     for channel in 1..=CHANNELS {
-        let bucket = format!("{}:{channel}", support::MESSAGES_HASH);
+        let bucket = format!("{}:{channel}", discord_sim::MESSAGES_HASH);
         println!(
             "  channel {channel}: at most {} in one window (limit 5)",
             sim.max_per_window(&bucket)

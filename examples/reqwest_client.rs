@@ -8,9 +8,10 @@
 //!
 //! Against the real API, use `https://discord.com/api/v10` as the base URL
 //! and enable one of reqwest's TLS features; the clients stay the same.
-
-#[path = "../tests/support/mod.rs"]
-mod support;
+//!
+//! The server is `discord_sim` (the `sim/` crate of this repository, a
+//! dev-dependency): `discord_sim::...` starts it and `sim` reports what it
+//! saw; the rest copies as it is.
 
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ const MESSAGES_PER_CHANNEL: u64 = 20;
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // A simulated Discord. "Create message" allows 5 per second per channel
     // here (5 per 5 s on Discord), to keep the run short.
-    let (sim, addr) = support::sim_with_messages(5, Duration::from_secs(1))
+    let (sim, addr) = discord_sim::sim_with_messages(5, Duration::from_secs(1))
         .latency(Duration::from_millis(20))
         .start();
     let base = format!("http://{addr}/api/v10");
@@ -106,7 +107,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         secs(longest)
     );
     for channel in 1..=CHANNELS {
-        let bucket = format!("{}:{channel}", support::MESSAGES_HASH);
+        let bucket = format!("{}:{channel}", discord_sim::MESSAGES_HASH);
         println!(
             "  channel {channel}: at most {} in one window, from both clients (limit 5)",
             sim.max_per_window(&bucket)

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::state::Shared;
+use crate::state::Shared;
 
 /// In-process simulator: a cheap-to-clone `tower::Service` running exactly
 /// the same logic as the HTTP server (no sockets, no serialization).
@@ -28,7 +28,7 @@ pub struct SimService {
     pub(crate) shared: Arc<Shared>,
 }
 
-impl tower::Service<Request<Full<Bytes>>> for SimService {
+impl tower_service::Service<Request<Full<Bytes>>> for SimService {
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;

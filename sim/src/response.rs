@@ -15,25 +15,38 @@ pub const RATE_LIMITED_MESSAGE: &str = "You are being rate limited.";
 pub enum Override {
     /// Global 429 (`X-RateLimit-Global: true`, scope `global`) with this
     /// `retry_after`; the token is then really globally blocked that long.
-    GlobalLimit { retry_after: f64 },
+    GlobalLimit {
+        /// Seconds, in the body and (rounded up) in `Retry-After`.
+        retry_after: f64,
+    },
     /// User 429 with these exact values (`retry_after` in the body,
     /// `X-RateLimit-Reset-After`, `Retry-After`); the bucket key of the
     /// request is then really blocked for the largest of the three.
     UserLimit {
+        /// The body's `retry_after`, in seconds.
         body_retry_after: f64,
+        /// `X-RateLimit-Reset-After`, in seconds.
         reset_after: f64,
+        /// The `Retry-After` header, in whole seconds.
         retry_after_header: u64,
     },
     /// 429 with scope `shared` (does not block anything).
-    SharedLimit { retry_after: f64 },
+    SharedLimit {
+        /// Seconds, in the body and `X-RateLimit-Reset-After` (rounded up
+        /// in `Retry-After`).
+        retry_after: f64,
+    },
     /// Cloudflare's HTML "error 1015" 429, without any rate limit header.
     Cloudflare,
     /// 429 with a JSON body lacking `retry_after` and no `Retry-After`.
     JsonWithoutRetryAfter,
     /// An exact response.
     Raw {
+        /// Status code (an invalid one gives a 500).
         status: u16,
+        /// Header names and values, in order (an invalid one gives a 500).
         headers: Vec<(String, String)>,
+        /// The body, as is.
         body: String,
     },
 }

@@ -10,9 +10,9 @@ use http::{Method, Response};
 use http_body_util::Full;
 use tokio::time::Instant;
 
-use super::log::{BucketKey, LoggedRequest, Scope};
-use super::response::{self as resp, duration_from_secs, BucketHeaders, Override};
-use super::route::{derived_hash, Route};
+use crate::log::{BucketKey, LoggedRequest, Scope};
+use crate::response::{self as resp, duration_from_secs, BucketHeaders, Override};
+use crate::route::{derived_hash, Route};
 
 /// Length of the sliding global rate limit window.
 pub const GLOBAL_WINDOW: Duration = Duration::from_secs(1);

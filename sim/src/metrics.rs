@@ -1,4 +1,4 @@
-//! A small `metrics` recorder for tests and the demo (feature `metrics`).
+//! A small `metrics` recorder for tests and examples (feature `metrics`).
 //!
 //! It keeps every value until read: counters add up, gauges move up and
 //! down, histograms keep their samples. (metrics-util's `DebuggingRecorder`
@@ -17,15 +17,20 @@ use ::metrics::{
 /// One series: a name and its labels, sorted.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Series {
+    /// The metric's name.
     pub name: String,
+    /// Its labels (name, value), sorted.
     pub labels: Vec<(String, String)>,
 }
 
 /// The value of a series.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// A counter's total.
     Counter(u64),
+    /// A gauge's current value.
     Gauge(f64),
+    /// Every sample of a histogram, in the order recorded.
     Histogram(Vec<f64>),
 }
 
@@ -106,6 +111,8 @@ impl HistogramFn for Handle {
 }
 
 impl MetricsRecorder {
+    /// An empty recorder (install a clone with
+    /// `metrics::set_global_recorder` or `metrics::with_local_recorder`).
     pub fn new() -> Self {
         Self::default()
     }
