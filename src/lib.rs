@@ -88,7 +88,7 @@
 //!   and the client) bounds one request on the wire only, which is also
 //!   sensible; never put one outside the retry alone expecting it to cut a
 //!   single attempt.
-//! - With reqwest, use [`middleware::RateLimitMiddleware`] (feature
+//! - With reqwest, use `middleware::RateLimitMiddleware` (feature
 //!   `reqwest-middleware`) last in the middleware chain, after any retry
 //!   middleware, for the same reason.
 //!
@@ -107,7 +107,7 @@
 //! - `reqwest`: [`retry::CloneBody`] for `reqwest::Body`, to retry plain
 //!   `reqwest::Client` requests sent through the layer.
 //! - `reqwest-middleware` (implies `reqwest` and `retry`):
-//!   [`middleware::RateLimitMiddleware`] for `reqwest_middleware` clients,
+//!   `middleware::RateLimitMiddleware` for `reqwest_middleware` clients,
 //!   sharing a [`Limiter`] with tower layers.
 //! - `metrics`: counters, a histogram and gauges on the `metrics` facade;
 //!   the names are listed in the `metrics` module.
