@@ -31,11 +31,32 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use discord_sim::{client, request, sim_with_messages};
-use http::Method;
+use bytes::Bytes;
+use discord_sim::sim_with_messages;
+use http::{Method, Request};
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rest_ratelimit::{Limiter, RateLimitInfo, RateLimitLayer};
+
+/// The HTTP client under the layer: hyper-util's, plain HTTP (the simulated
+/// server; Discord itself needs a TLS connector).
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A request to `path` on the server at `base` with a bot token.
+fn request(method: Method, base: &str, path: &str, token: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(format!("http://{base}{path}"))
+        .header(http::header::AUTHORIZATION, format!("Bot {token}"))
+        .body(Full::default())
+        .expect("a valid request")
+}
 
 const TASKS: usize = 30;
 const PER_TASK: usize = 10;

@@ -20,6 +20,7 @@ const MAX_BUCKET_LEN: usize = 128;
 
 /// The scope of a 429, from `X-RateLimit-Scope`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Scope {
     /// The limit of this user or bot (counts as an invalid request).
     User,

@@ -102,12 +102,6 @@ impl<T> std::fmt::Debug for Builder<T> {
     }
 }
 
-impl<T> Default for Builder<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Builder<RateLimitLayer> {
     /// A layer with a limiter of its own, of these settings.
     #[must_use]
@@ -126,8 +120,10 @@ impl Builder<Limiter> {
 }
 
 impl<T> Builder<T> {
-    /// Discord's defaults, as [`RateLimitLayer::new`].
-    pub fn new() -> Self {
+    /// Discord's defaults, as [`RateLimitLayer::new`]: made through
+    /// [`RateLimitLayer::builder`] or [`Limiter::builder`], which say what
+    /// it builds.
+    pub(crate) fn new() -> Self {
         Self {
             config: Config {
                 max_rate_limit: Duration::from_secs(300),
@@ -164,7 +160,7 @@ impl<T> Builder<T> {
 
     /// Bounds the invalid requests (401, 403, 429 but `shared`) of each
     /// authentication over ten minutes. Discord bans the IP at 10,000.
-    /// Default `None` (off).
+    /// Default `None` (off); `Some(0)` refuses every request.
     ///
     /// The ceiling is a bound, not a trigger: every request in flight may
     /// still come back invalid, so the invalid requests counted plus the

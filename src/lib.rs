@@ -49,11 +49,12 @@
 //! | [`Limiter`] | the state one or more layers and clients share: `stats()`, `bucket_stats()`, `close()`, `invalid_requests()` |
 //! | [`Builder`] | settings: `RateLimitLayer::builder().build()` gives a layer, `Limiter::builder().build()` a limiter |
 //! | [`RateLimitInfo`], [`TooManyRequests`], [`Scope`], [`BucketHash`] | what a response said, as an extension of the response |
-//! | [`Error`], [`Stats`], [`BucketStats`], [`AuthHash`] | the limiter's own failures, its figures, and how it names a token (never in clear) |
+//! | [`Error`], [`Stats`], [`BucketStats`], [`AuthHash`], [`BoxError`] | the limiter's own failures (the service's error is a `BoxError` to downcast), its figures, and how it names a token (never in clear) |
+//! | [`InvalidBucketHash`] | text that is no bucket hash (`BucketHash: TryFrom<&str>`) |
 //! | [`route`] | [`route::CompiledRoute`] and the resolvers: [`route::DiscordResolver`], or a closure `|method, path| ...` |
 //! | `retry` | `RetryPolicy` for `tower::retry` (feature `retry`) |
 //! | `middleware` | `RateLimitMiddleware` for `reqwest_middleware` clients, `RetryStrategy` for `reqwest-retry` (features `reqwest-middleware`, `reqwest-retry`) |
-//! | [`store`] | where limits live: the [`Store`] trait, [`MemoryStore`], `RedisStore` (feature `redis`) |
+//! | [`store`] | where limits live: the [`Store`] trait, [`MemoryStore`] (both also at the root), `RedisStore` (feature `redis`) |
 //! | `metrics` | metric names and `describe()` (feature `metrics`) |
 //!
 //! # Routes
@@ -109,6 +110,9 @@
 //! - `reqwest-middleware` (implies `reqwest` and `retry`):
 //!   `middleware::RateLimitMiddleware` for `reqwest_middleware` clients,
 //!   sharing a [`Limiter`] with tower layers.
+//! - `reqwest-retry` (implies `reqwest-middleware`): `middleware::RetryStrategy`
+//!   for `reqwest-retry`'s `RetryTransientMiddleware`.
+//! - `redis`: `store::RedisStore`, limits shared between processes.
 //! - `metrics`: counters, a histogram and gauges on the `metrics` facade;
 //!   the names are listed in the `metrics` module.
 //!
@@ -122,6 +126,7 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![warn(clippy::return_self_not_must_use)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
@@ -157,6 +162,6 @@ pub use store::{BucketStats, MemoryStore, Store};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The README's examples, compiled as doc tests (with every feature on).
-#[cfg(all(doctest, feature = "reqwest-middleware"))]
+#[cfg(all(doctest, feature = "reqwest-retry", feature = "redis"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

@@ -8,7 +8,7 @@
 //!
 //! | name | type | labels | what it counts |
 //! |---|---|---|---|
-//! | `tower_rest_ratelimit_requests_total` | counter | `limits`: `all`, `bucket_only`, `none` | requests that asked the limiter for a slot (or, `none`, a pass: routes no limit applies to) |
+//! | `tower_rest_ratelimit_requests_total` | counter | `limits`: `all`, `bucket_only`, `unlimited` | requests that asked the limiter for a slot (or, `unlimited`, a pass: routes no limit applies to) |
 //! | `tower_rest_ratelimit_waits_total` | counter | `reason`: `bucket`, `global_throttle`, `global_limit`, `ceiling` | requests that waited before being sent, by what held them first |
 //! | `tower_rest_ratelimit_wait_seconds` | histogram | `reason`, as above | how long each of those waits lasted: until granted, failed, or dropped by its caller |
 //! | `tower_rest_ratelimit_429_total` | counter | `scope`: `user`, `shared`, `global`, `cloudflare` | 429 answers; `cloudflare`: a body that is not JSON (an IP ban), `global`: Discord's global limit; a 429 naming no scope counts as `user` |
@@ -76,7 +76,7 @@ pub const IN_FLIGHT: &str = "tower_rest_ratelimit_in_flight";
 
 /// Every metric's name, as in the table of the [module docs](self).
 #[cfg(feature = "metrics")]
-pub const ALL: [&str; 9] = [
+pub const ALL: &[&str] = &[
     REQUESTS,
     WAITS,
     WAIT_SECONDS,
@@ -204,7 +204,7 @@ mod imp {
                 counter!("tower_rest_ratelimit_requests_total", "limits" => "bucket_only")
             }
             Limits::Unlimited => {
-                counter!("tower_rest_ratelimit_requests_total", "limits" => "none")
+                counter!("tower_rest_ratelimit_requests_total", "limits" => "unlimited")
             }
         }
         .increment(1);

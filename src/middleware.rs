@@ -61,6 +61,7 @@ use crate::Limiter;
 /// [`CompiledRoute`] extension): any path, however long or odd, compiles
 /// to its own route.
 #[derive(Debug, Clone, Default)]
+#[must_use]
 pub struct RateLimitMiddleware {
     limiter: Limiter,
 }

@@ -61,6 +61,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(16);
 ///
 /// Only requests whose body can be cloned are retried: see [`CloneBody`].
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct RetryPolicy {
     max_retries: u32,
     max_rate_limit_retries: u32,

@@ -82,6 +82,7 @@ pub use discord::DiscordResolver;
 
 /// A method and a path template: `POST /channels/{channel_id}/messages`.
 #[derive(Clone, PartialEq, Eq, Hash)]
+#[must_use]
 pub struct Route {
     method: Method,
     template: Arc<str>,
@@ -212,6 +213,7 @@ pub enum Limits {
 ///
 /// Put one into a request's extensions to skip the resolver.
 #[derive(Clone, PartialEq, Eq, Hash)]
+#[must_use]
 pub struct CompiledRoute {
     route: Route,
     major: Major,

@@ -60,7 +60,7 @@ fn assert_bounded_labels(recorder: &MetricsRecorder) {
         assert!(ALL.contains(&series.name.as_str()), "{series:?}");
         for (key, value) in &series.labels {
             let allowed: &[&str] = match key.as_str() {
-                "limits" => &["all", "bucket_only", "none"],
+                "limits" => &["all", "bucket_only", "unlimited"],
                 "reason" => &["bucket", "global_throttle", "global_limit", "ceiling"],
                 "scope" => &["user", "shared", "global", "cloudflare"],
                 "kind" => &[
@@ -214,7 +214,7 @@ fn too_many_requests_by_scope_and_invalid_requests() {
 /// sending are counted by kind: a wait longer than `max_rate_limit` (known
 /// at once), an invalid-request ceiling reached, `close()` (at once, and
 /// for a request waiting when it came), and routes no limit applies to
-/// count as requests of `limits="none"`.
+/// count as requests of `limits="unlimited"`.
 #[test]
 fn fail_fast_errors_by_kind() {
     with_recorder(|recorder| async move {
@@ -313,7 +313,7 @@ fn fail_fast_errors_by_kind() {
         let callback = "/api/v10/interactions/1/interaction-token/callback";
         let status = send(svc, request(Method::POST, &addr, callback, TOKEN)).await;
         assert!(status.is_ok(), "{status:?}");
-        assert_eq!(recorder.counter(REQUESTS, &[("limits", "none")]), 1);
+        assert_eq!(recorder.counter(REQUESTS, &[("limits", "unlimited")]), 1);
         assert_eq!(recorder.gauge(IN_FLIGHT), 0.0);
     });
 }

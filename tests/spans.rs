@@ -43,14 +43,6 @@ fn layered(layer: RateLimitLayer) -> RateLimit<Net> {
     layer.layer(Net::new(client()))
 }
 
-fn user_429(secs: u64) -> Override {
-    Override::UserLimit {
-        body_retry_after: secs as f64,
-        reset_after: secs as f64,
-        retry_after_header: secs,
-    }
-}
-
 /// The ids of the `rate_limit` spans, in the order they were made, with
 /// their first line.
 fn spans(lines: &[String]) -> Vec<(String, &str)> {
@@ -105,7 +97,7 @@ async fn a_span_per_request_with_route_major_bucket_and_wait() {
     let (svc, base) = (layered(RateLimitLayer::new()), addr.to_string());
 
     assert_eq!(send(&svc, &base, &messages(1)).await.unwrap(), 200);
-    sim.push_override_for(&messages(1), user_429(1));
+    sim.push_override_for(&messages(1), Override::user_429(1.0));
     assert_eq!(send(&svc, &base, &messages(1)).await.unwrap(), 429);
     let t = Instant::now();
     assert_eq!(send(&svc, &base, &messages(1)).await.unwrap(), 200);
@@ -164,7 +156,7 @@ async fn levels_of_429s_and_of_learning() {
     let (svc, base) = (layered(RateLimitLayer::new()), addr.to_string());
 
     assert_eq!(send(&svc, &base, &messages(1)).await.unwrap(), 200);
-    sim.push_override_for(&messages(1), user_429(1));
+    sim.push_override_for(&messages(1), Override::user_429(1.0));
     assert_eq!(send(&svc, &base, &messages(1)).await.unwrap(), 429);
     sim.push_override_for(&messages(2), Override::SharedLimit { retry_after: 1.0 });
     assert_eq!(send(&svc, &base, &messages(2)).await.unwrap(), 429);
@@ -212,7 +204,7 @@ async fn a_fail_fast_is_a_warning() {
     let (svc, base) = (layered(layer), addr.to_string());
 
     assert_eq!(send(&svc, &base, &messages(1)).await.unwrap(), 200);
-    sim.push_override_for(&messages(1), user_429(1));
+    sim.push_override_for(&messages(1), Override::user_429(1.0));
     assert_eq!(send(&svc, &base, &messages(1)).await.unwrap(), 429);
     let err = send(&svc, &base, &messages(1)).await.unwrap_err();
     assert!(matches!(
@@ -246,7 +238,7 @@ async fn no_token_in_any_span_or_event() {
     let (svc, base) = (layered(RateLimitLayer::new()), addr.to_string());
 
     assert_eq!(send(&svc, &base, WEBHOOK).await.unwrap(), 200);
-    sim.push_override_for(WEBHOOK, user_429(1));
+    sim.push_override_for(WEBHOOK, Override::user_429(1.0));
     assert_eq!(send(&svc, &base, WEBHOOK).await.unwrap(), 429);
     assert_eq!(send(&svc, &base, WEBHOOK).await.unwrap(), 200);
 
@@ -276,7 +268,7 @@ async fn no_span_below_the_subscribers_level() {
     let (svc, base) = (layered(RateLimitLayer::new()), addr.to_string());
 
     assert_eq!(send(&svc, &base, &messages(1)).await.unwrap(), 200);
-    sim.push_override_for(&messages(1), user_429(1));
+    sim.push_override_for(&messages(1), Override::user_429(1.0));
     assert_eq!(send(&svc, &base, &messages(1)).await.unwrap(), 429);
     assert_eq!(send(&svc, &base, &messages(1)).await.unwrap(), 200);
 
@@ -315,7 +307,7 @@ async fn the_reqwest_middleware_makes_the_same_span() {
         status
     };
     assert_eq!(post().await, 200);
-    sim.push_override_for(&messages(1), user_429(1));
+    sim.push_override_for(&messages(1), Override::user_429(1.0));
     assert_eq!(post().await, 429);
     ticking.abort();
 

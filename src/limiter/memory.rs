@@ -27,6 +27,7 @@ use crate::store::{
 ///
 /// Share one between limiters only if they should share their limits.
 #[derive(Debug, Default)]
+#[must_use]
 pub struct MemoryStore {
     manager: Mutex<Manager>,
 }

@@ -188,24 +188,28 @@ impl Lease {
     }
 
     /// Sets the store's id of the lease.
+    #[must_use]
     pub fn with_id(mut self, id: u64) -> Self {
         self.id = id;
         self
     }
 
     /// Sets the window (generation) the slot was taken from.
+    #[must_use]
     pub fn with_window(mut self, window: u64) -> Self {
         self.window = window;
         self
     }
 
     /// Sets the store's epoch at the grant (which changes came after it).
+    #[must_use]
     pub fn with_epoch(mut self, epoch: u64) -> Self {
         self.epoch = epoch;
         self
     }
 
     /// Sets whether the lease holds a slot of the proactive global limit.
+    #[must_use]
     pub fn with_global_slot(mut self, global_slot: bool) -> Self {
         self.global_slot = global_slot;
         self
@@ -214,6 +218,7 @@ impl Lease {
     /// Sets whether the lease also holds its route's own probe: it was
     /// granted under a sibling's bucket while the route's hash is unknown
     /// (ARCHITECTURE.md §4.6).
+    #[must_use]
     pub fn with_probe(mut self, probe: bool) -> Self {
         self.probe = probe;
         self
@@ -382,12 +387,14 @@ impl<'a> AcquireRequest<'a> {
 
     /// The asker is the head of `key`'s queue: it is answered though the
     /// queue is not empty.
+    #[must_use]
     pub fn with_head(mut self, key: Option<&'a BucketKey>) -> Self {
         self.head = key;
         self
     }
 
     /// The asker holds its authentication's turn at the global limit.
+    #[must_use]
     pub fn with_global_turn(mut self, global_turn: bool) -> Self {
         self.global_turn = global_turn;
         self
