@@ -15,10 +15,7 @@ use support::{
 };
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rest_ratelimit::route::Route;
-use tower_rest_ratelimit::store::{
-    AcquireRequest, Acquired, BucketId, BucketKey, Call, Lease, MemoryStore, ResponseFacts, Store,
-    StoreError, StoreFuture, StoreStats,
-};
+use tower_rest_ratelimit::store::BucketId;
 use tower_rest_ratelimit::{AuthHash, BoxError, Limiter, RateLimitLayer};
 
 const TOKEN: &str = "stats-secret-token";
@@ -245,64 +242,6 @@ async fn no_token_in_bucket_stats() {
     assert!(stats.iter().any(|b| b.key.major().has_secret()), "{shown}");
 }
 
-/// A store that does not answer `bucket_stats`: the trait's default.
-#[derive(Debug, Default)]
-struct Silent(MemoryStore);
-
-impl Store for Silent {
-    fn acquire<'a>(
-        &'a self,
-        request: &'a AcquireRequest<'a>,
-    ) -> StoreFuture<'a, Result<Acquired, StoreError>> {
-        self.0.acquire(request)
-    }
-    fn pass<'a>(
-        &'a self,
-        auth: AuthHash,
-        call: Call<'a>,
-    ) -> StoreFuture<'a, Result<bool, StoreError>> {
-        self.0.pass(auth, call)
-    }
-    fn record(
-        &self,
-        lease: Lease,
-        facts: &ResponseFacts<'_>,
-        call: Call<'_>,
-    ) -> StoreFuture<'static, ()> {
-        self.0.record(lease, facts, call)
-    }
-    fn release(&self, lease: Lease, sent: bool, call: Call<'_>) -> StoreFuture<'static, ()> {
-        self.0.release(lease, sent, call)
-    }
-    fn end_pass(
-        &self,
-        auth: AuthHash,
-        answer: Option<&ResponseFacts<'_>>,
-        sent: bool,
-        call: Call<'_>,
-    ) -> StoreFuture<'static, ()> {
-        self.0.end_pass(auth, answer, sent, call)
-    }
-    fn extend_429(
-        &self,
-        key: Option<&BucketKey>,
-        auth: AuthHash,
-        facts: &ResponseFacts<'_>,
-        call: Call<'_>,
-    ) -> StoreFuture<'static, ()> {
-        self.0.extend_429(key, auth, facts, call)
-    }
-    fn stats(&self, call: Call<'_>) -> StoreStats {
-        self.0.stats(call)
-    }
-    fn invalid_requests(&self, auth: AuthHash) -> u32 {
-        self.0.invalid_requests(auth)
-    }
-    fn sweep(&self, call: Call<'_>) -> usize {
-        self.0.sweep(call)
-    }
-}
-
 /// ARCHITECTURE.md §9.2: a store that cannot answer for its buckets (the
 /// trait's default, as the Redis store) answers none.
 #[tokio::test(start_paused = true)]
@@ -310,7 +249,7 @@ async fn a_store_without_bucket_stats_answers_none() {
     let _tick = tick_clock();
     let (_sim, addr) = sim_with_messages(5, Duration::from_secs(5)).start();
     let limiter = Limiter::builder()
-        .store(Arc::new(Silent::default()))
+        .store(Arc::new(support::Wrapped::new()))
         .build();
     send(layered(&limiter), post(&addr.to_string(), 1, TOKEN))
         .await

@@ -25,11 +25,7 @@ use tower_rest_ratelimit::metrics::{
     ALL, BUCKETS, ERRORS, INVALID_REQUESTS, IN_FLIGHT, REQUESTS, TOO_MANY_REQUESTS, WAITERS, WAITS,
     WAIT_SECONDS,
 };
-use tower_rest_ratelimit::store::{
-    AcquireRequest, Acquired, BucketKey, Call, Lease, MemoryStore, ResponseFacts, Store,
-    StoreError, StoreFuture, StoreStats,
-};
-use tower_rest_ratelimit::{AuthHash, BoxError, Error, Limiter, RateLimitLayer};
+use tower_rest_ratelimit::{BoxError, Error, Limiter, RateLimitLayer};
 
 const TOKEN: &str = "metrics-secret-token";
 
@@ -318,64 +314,6 @@ fn fail_fast_errors_by_kind() {
     });
 }
 
-/// A store that cannot be reached: every `acquire` fails.
-#[derive(Debug, Default)]
-struct Unreachable(MemoryStore);
-
-impl Store for Unreachable {
-    fn acquire<'a>(
-        &'a self,
-        _request: &'a AcquireRequest<'a>,
-    ) -> StoreFuture<'a, Result<Acquired, StoreError>> {
-        StoreFuture::ready(Err(StoreError::Unavailable("down".into())))
-    }
-    fn pass<'a>(
-        &'a self,
-        auth: AuthHash,
-        call: Call<'a>,
-    ) -> StoreFuture<'a, Result<bool, StoreError>> {
-        self.0.pass(auth, call)
-    }
-    fn record(
-        &self,
-        lease: Lease,
-        facts: &ResponseFacts<'_>,
-        call: Call<'_>,
-    ) -> StoreFuture<'static, ()> {
-        self.0.record(lease, facts, call)
-    }
-    fn release(&self, lease: Lease, sent: bool, call: Call<'_>) -> StoreFuture<'static, ()> {
-        self.0.release(lease, sent, call)
-    }
-    fn end_pass(
-        &self,
-        auth: AuthHash,
-        answer: Option<&ResponseFacts<'_>>,
-        sent: bool,
-        call: Call<'_>,
-    ) -> StoreFuture<'static, ()> {
-        self.0.end_pass(auth, answer, sent, call)
-    }
-    fn extend_429(
-        &self,
-        key: Option<&BucketKey>,
-        auth: AuthHash,
-        facts: &ResponseFacts<'_>,
-        call: Call<'_>,
-    ) -> StoreFuture<'static, ()> {
-        self.0.extend_429(key, auth, facts, call)
-    }
-    fn stats(&self, call: Call<'_>) -> StoreStats {
-        self.0.stats(call)
-    }
-    fn invalid_requests(&self, auth: AuthHash) -> u32 {
-        self.0.invalid_requests(auth)
-    }
-    fn sweep(&self, call: Call<'_>) -> usize {
-        self.0.sweep(call)
-    }
-}
-
 /// ARCHITECTURE.md §9.3 and §10: a store that cannot answer fails the
 /// request with `StoreUnavailable`, counted as such.
 #[test]
@@ -383,7 +321,7 @@ fn store_unavailable_is_counted() {
     with_recorder(|recorder| async move {
         let (_sim, addr) = Simulator::new().start();
         let limiter = Limiter::builder()
-            .store(Arc::new(Unreachable::default()))
+            .store(Arc::new(support::Wrapped::unreachable()))
             .build();
         let error = send(layered(&limiter), post(&addr.to_string(), 1))
             .await

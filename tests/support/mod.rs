@@ -32,6 +32,7 @@ mod scripted;
 mod seen;
 mod stall;
 mod wire;
+mod wrapped;
 
 // The simulator itself: `Simulator`, `Handle`, `Override`, `client`,
 // `request`, `messages`, ... (see the `discord-sim` crate's docs).
@@ -58,3 +59,5 @@ pub use self::seen::Seen;
 pub use self::stall::{serve_stalling, Stall, StallBody, StallControl, STALL_AFTER};
 #[allow(unused_imports)]
 pub use self::wire::{Net, NetFuture, Tracked};
+#[allow(unused_imports)]
+pub use self::wrapped::Wrapped;
