@@ -249,7 +249,7 @@ async fn a_store_without_bucket_stats_answers_none() {
     let _tick = tick_clock();
     let (_sim, addr) = sim_with_messages(5, Duration::from_secs(5)).start();
     let limiter = Limiter::builder()
-        .store(Arc::new(support::Wrapped::new()))
+        .store(Arc::new(support::Wrapped::<()>::default()))
         .build();
     send(layered(&limiter), post(&addr.to_string(), 1, TOKEN))
         .await

@@ -321,7 +321,7 @@ fn store_unavailable_is_counted() {
     with_recorder(|recorder| async move {
         let (_sim, addr) = Simulator::new().start();
         let limiter = Limiter::builder()
-            .store(Arc::new(support::Wrapped::unreachable()))
+            .store(Arc::new(support::Wrapped::new(support::Unreachable)))
             .build();
         let error = send(layered(&limiter), post(&addr.to_string(), 1))
             .await

@@ -2,6 +2,8 @@
 //! counts the calls it gets and leaves the state to a `MemoryStore`, plugged
 //! in through `Builder::store`, with requests run through the layer.
 
+mod support;
+
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
+use support::{Called, Hooks, Wrapped};
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 use tower_rest_ratelimit::store::{
@@ -18,26 +21,23 @@ use tower_rest_ratelimit::store::{
 };
 use tower_rest_ratelimit::{AuthHash, RateLimitLayer};
 
-/// Counts the calls of each kind, and delegates every one to a memory store.
+/// Counts the calls of each kind; the memory store answers them.
 #[derive(Debug, Default)]
-struct Counting {
+struct Counts {
     acquires: AtomicUsize,
     grants: AtomicUsize,
     records: AtomicUsize,
     releases: AtomicUsize,
-    passes: AtomicUsize,
-    inner: MemoryStore,
 }
 
-impl Store for Counting {
-    fn acquire<'a>(
-        &'a self,
-        request: &'a AcquireRequest<'a>,
-    ) -> StoreFuture<'a, Result<Acquired, StoreError>> {
+impl Hooks for Counts {
+    fn acquire(
+        &self,
+        inner: &MemoryStore,
+        request: &AcquireRequest<'_>,
+    ) -> Result<Acquired, StoreError> {
         self.acquires.fetch_add(1, Ordering::Relaxed);
-        // The answer comes at once from the memory store: look at it.
-        let answer = self
-            .inner
+        let answer = inner
             .acquire(request)
             .into_ready()
             .expect("the memory store answers at once");
@@ -45,65 +45,19 @@ impl Store for Counting {
             self.grants.fetch_add(1, Ordering::Relaxed);
             assert_eq!(lease.key().auth(), request.auth());
         }
-        StoreFuture::ready(answer)
+        answer
     }
 
-    fn pass<'a>(
-        &'a self,
-        auth: AuthHash,
-        call: Call<'a>,
-    ) -> StoreFuture<'a, Result<bool, StoreError>> {
-        self.passes.fetch_add(1, Ordering::Relaxed);
-        self.inner.pass(auth, call)
-    }
-
-    fn record(
-        &self,
-        lease: Lease,
-        facts: &ResponseFacts<'_>,
-        call: Call<'_>,
-    ) -> StoreFuture<'static, ()> {
-        self.records.fetch_add(1, Ordering::Relaxed);
-        self.inner.record(lease, facts, call)
-    }
-
-    fn release(&self, lease: Lease, sent: bool, call: Call<'_>) -> StoreFuture<'static, ()> {
-        self.releases.fetch_add(1, Ordering::Relaxed);
-        self.inner.release(lease, sent, call)
-    }
-
-    fn end_pass(
-        &self,
-        auth: AuthHash,
-        answer: Option<&ResponseFacts<'_>>,
-        sent: bool,
-        call: Call<'_>,
-    ) -> StoreFuture<'static, ()> {
-        self.inner.end_pass(auth, answer, sent, call)
-    }
-
-    fn extend_429(
-        &self,
-        key: Option<&BucketKey>,
-        auth: AuthHash,
-        facts: &ResponseFacts<'_>,
-        call: Call<'_>,
-    ) -> StoreFuture<'static, ()> {
-        self.inner.extend_429(key, auth, facts, call)
-    }
-
-    fn stats(&self, call: Call<'_>) -> StoreStats {
-        self.inner.stats(call)
-    }
-
-    fn invalid_requests(&self, auth: AuthHash) -> u32 {
-        self.inner.invalid_requests(auth)
-    }
-
-    fn sweep(&self, call: Call<'_>) -> usize {
-        self.inner.sweep(call)
+    fn saw(&self, call: Called) {
+        match call {
+            Called::Record => self.records.fetch_add(1, Ordering::Relaxed),
+            Called::Release => self.releases.fetch_add(1, Ordering::Relaxed),
+            Called::Pass => 0,
+        };
     }
 }
+
+type Counting = Wrapped<Counts>;
 
 /// A server whose bucket `b` allows one request a second.
 fn one_a_second() -> impl tower::Service<
@@ -170,12 +124,12 @@ async fn a_store_of_a_third_party_serves_the_layer() {
         "{:?}",
         last - t0
     );
-    assert_eq!(store.grants.load(Ordering::Relaxed), n);
-    assert_eq!(store.records.load(Ordering::Relaxed), n);
-    assert_eq!(store.releases.load(Ordering::Relaxed), 0);
+    assert_eq!(store.hooks.grants.load(Ordering::Relaxed), n);
+    assert_eq!(store.hooks.records.load(Ordering::Relaxed), n);
+    assert_eq!(store.hooks.releases.load(Ordering::Relaxed), 0);
     // Each request asks once on arrival and, at the head, once per wake-up:
     // never once per waiter per wake-up.
-    let acquires = store.acquires.load(Ordering::Relaxed);
+    let acquires = store.hooks.acquires.load(Ordering::Relaxed);
     assert!(acquires <= 3 * n, "{acquires} acquires for {n} requests");
 
     // `Limiter::stats` reads the store's figures.
@@ -311,9 +265,9 @@ async fn a_request_dropped_unsent_is_released_through_the_store() {
     let svc = layer.layer(NeverReady);
     let dropped = tokio::time::timeout(Duration::from_secs(1), svc.oneshot(message(2))).await;
     assert!(dropped.is_err(), "never sent, so never answered");
-    assert_eq!(store.grants.load(Ordering::Relaxed), 1);
-    assert_eq!(store.releases.load(Ordering::Relaxed), 1);
-    assert_eq!(store.records.load(Ordering::Relaxed), 0);
+    assert_eq!(store.hooks.grants.load(Ordering::Relaxed), 1);
+    assert_eq!(store.hooks.releases.load(Ordering::Relaxed), 1);
+    assert_eq!(store.hooks.records.load(Ordering::Relaxed), 0);
     // The slot came back: the unknown bucket probes again at once.
     let again = tokio::time::timeout(
         Duration::from_secs(1),
@@ -321,7 +275,7 @@ async fn a_request_dropped_unsent_is_released_through_the_store() {
     )
     .await;
     assert!(again.is_err());
-    assert_eq!(store.grants.load(Ordering::Relaxed), 2);
+    assert_eq!(store.hooks.grants.load(Ordering::Relaxed), 2);
 }
 
 /// A service that is never ready.

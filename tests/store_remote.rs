@@ -14,14 +14,15 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::{sleep, timeout, Instant};
 use tower::{Layer, ServiceExt};
 use tower_rest_ratelimit::store::{
-    AcquireRequest, Acquired, BucketKey, Call, Lease, MemoryStore, ResponseFacts, Store,
-    StoreError, StoreFuture, StoreStats, WaitReason,
+    AcquireRequest, Acquired, MemoryStore, Store, StoreError, WaitReason,
 };
-use tower_rest_ratelimit::{AuthHash, RateLimitLayer};
+use tower_rest_ratelimit::RateLimitLayer;
 
 mod remote;
+mod support;
 
 use remote::{no_queues, Remote};
+use support::{Hooks, Wrapped};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -253,18 +254,17 @@ async fn a_pass_that_comes_for_a_dropped_request_is_ended() {
 /// A store whose state others change: it holds every request (`wait:
 /// None`) until another process opens it, which wakes no queue of this one.
 #[derive(Debug, Default)]
-struct Gate {
+struct Closed {
     open: AtomicBool,
-    inner: MemoryStore,
 }
 
-impl Store for Gate {
-    fn acquire<'a>(
-        &'a self,
-        request: &'a AcquireRequest<'a>,
-    ) -> StoreFuture<'a, Result<Acquired, StoreError>> {
-        let answer = self
-            .inner
+impl Hooks for Closed {
+    fn acquire(
+        &self,
+        inner: &MemoryStore,
+        request: &AcquireRequest<'_>,
+    ) -> Result<Acquired, StoreError> {
+        let answer = inner
             .acquire(request)
             .into_ready()
             .expect("the memory store answers at once");
@@ -273,70 +273,19 @@ impl Store for Gate {
             let key = lease.key().clone();
             if let Ok(Acquired::Granted(lease)) = answer {
                 // Taken back quietly: nothing of this process is woken.
-                drop(self.inner.release(lease, false, no_queues()));
+                drop(inner.release(lease, false, no_queues()));
             }
-            return StoreFuture::ready(Ok(Acquired::Wait {
+            return Ok(Acquired::Wait {
                 wait: None,
                 reason: WaitReason::Bucket,
                 key,
-            }));
+            });
         }
-        StoreFuture::ready(answer)
-    }
-
-    fn pass<'a>(
-        &'a self,
-        auth: AuthHash,
-        call: Call<'a>,
-    ) -> StoreFuture<'a, Result<bool, StoreError>> {
-        self.inner.pass(auth, call)
-    }
-
-    fn record(
-        &self,
-        lease: Lease,
-        facts: &ResponseFacts<'_>,
-        call: Call<'_>,
-    ) -> StoreFuture<'static, ()> {
-        self.inner.record(lease, facts, call)
-    }
-
-    fn release(&self, lease: Lease, sent: bool, call: Call<'_>) -> StoreFuture<'static, ()> {
-        self.inner.release(lease, sent, call)
-    }
-
-    fn end_pass(
-        &self,
-        auth: AuthHash,
-        answer: Option<&ResponseFacts<'_>>,
-        sent: bool,
-        call: Call<'_>,
-    ) -> StoreFuture<'static, ()> {
-        self.inner.end_pass(auth, answer, sent, call)
-    }
-
-    fn extend_429(
-        &self,
-        key: Option<&BucketKey>,
-        auth: AuthHash,
-        facts: &ResponseFacts<'_>,
-        call: Call<'_>,
-    ) -> StoreFuture<'static, ()> {
-        self.inner.extend_429(key, auth, facts, call)
-    }
-
-    fn stats(&self, call: Call<'_>) -> StoreStats {
-        self.inner.stats(call)
-    }
-
-    fn invalid_requests(&self, auth: AuthHash) -> u32 {
-        self.inner.invalid_requests(auth)
-    }
-
-    fn sweep(&self, call: Call<'_>) -> usize {
-        self.inner.sweep(call)
+        answer
     }
 }
+
+type Gate = Wrapped<Closed>;
 
 /// ARCHITECTURE.md §9.4: a store whose state other processes change cannot
 /// be woken by them. A wait it leaves open (`wait: None`) is bounded: the
@@ -354,7 +303,7 @@ async fn an_open_wait_of_a_store_others_change_is_bounded() {
     sleep(Duration::from_secs(5)).await;
     assert_eq!(seen.load(Ordering::Relaxed), 0, "held by the store");
     // Another process opens the store; nothing of this process is woken.
-    store.open.store(true, Ordering::Relaxed);
+    store.hooks.open.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     let answer = timeout(Duration::from_secs(1), waiting)
         .await

@@ -60,4 +60,4 @@ pub use self::stall::{serve_stalling, Stall, StallBody, StallControl, STALL_AFTE
 #[allow(unused_imports)]
 pub use self::wire::{Net, NetFuture, Tracked};
 #[allow(unused_imports)]
-pub use self::wrapped::Wrapped;
+pub use self::wrapped::{Called, Hooks, Unreachable, Wrapped};

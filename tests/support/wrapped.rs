@@ -1,8 +1,8 @@
-//! A store written outside the crate that hands every call to a
-//! `MemoryStore`, but for what a test changes: it can refuse every
-//! `acquire` as unreachable, and it leaves `bucket_stats` to the trait's
-//! default (it answers nothing), as a third-party store may
-//! (ARCHITECTURE.md §9.3).
+//! A store written outside the crate, as a third party would: a
+//! `MemoryStore` seen through the `Store` trait alone, with [`Hooks`] for
+//! what a test changes or watches (ARCHITECTURE.md §9.3). Every call the
+//! hooks leave alone goes to the memory store as it is; `bucket_stats` is
+//! left to the trait's default, which answers nothing.
 
 use tower_rest_ratelimit::store::{
     AcquireRequest, Acquired, BucketKey, Call, Lease, MemoryStore, ResponseFacts, Store,
@@ -10,43 +10,76 @@ use tower_rest_ratelimit::store::{
 };
 use tower_rest_ratelimit::AuthHash;
 
-/// A memory store seen through the trait alone.
-#[derive(Debug, Default)]
-pub struct Wrapped {
-    inner: MemoryStore,
-    unreachable: bool,
+/// A call other than `acquire`, as it reaches the memory store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Called {
+    Pass,
+    Record,
+    Release,
 }
 
-impl Wrapped {
-    /// Every call answered by the memory store (but `bucket_stats`).
-    pub fn new() -> Self {
-        Self::default()
+/// What a test changes of the store: the answer to `acquire`, and what it
+/// watches of the other calls. The defaults change nothing.
+pub trait Hooks: Send + Sync + 'static {
+    /// The answer to `request`: by default the memory store's, which it
+    /// gives at once.
+    fn acquire(
+        &self,
+        inner: &MemoryStore,
+        request: &AcquireRequest<'_>,
+    ) -> Result<Acquired, StoreError> {
+        inner
+            .acquire(request)
+            .into_ready()
+            .expect("the memory store answers at once")
     }
 
-    /// Every `acquire` fails: the store cannot be reached.
-    pub fn unreachable() -> Self {
+    /// A call of another kind is about to reach the memory store.
+    fn saw(&self, _call: Called) {}
+}
+
+/// No change: the memory store through the trait.
+impl Hooks for () {}
+
+/// A store that cannot be reached: every `acquire` fails.
+#[derive(Debug, Default)]
+pub struct Unreachable;
+
+impl Hooks for Unreachable {
+    fn acquire(&self, _: &MemoryStore, _: &AcquireRequest<'_>) -> Result<Acquired, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+}
+
+/// A memory store seen through the trait alone, with `hooks`.
+#[derive(Debug, Default)]
+pub struct Wrapped<H = ()> {
+    pub inner: MemoryStore,
+    pub hooks: H,
+}
+
+impl<H: Hooks> Wrapped<H> {
+    pub fn new(hooks: H) -> Self {
         Self {
-            unreachable: true,
-            ..Self::default()
+            inner: MemoryStore::new(),
+            hooks,
         }
     }
 }
 
-impl Store for Wrapped {
+impl<H: Hooks> Store for Wrapped<H> {
     fn acquire<'a>(
         &'a self,
         request: &'a AcquireRequest<'a>,
     ) -> StoreFuture<'a, Result<Acquired, StoreError>> {
-        if self.unreachable {
-            return StoreFuture::ready(Err(StoreError::Unavailable("down".into())));
-        }
-        self.inner.acquire(request)
+        StoreFuture::ready(self.hooks.acquire(&self.inner, request))
     }
     fn pass<'a>(
         &'a self,
         auth: AuthHash,
         call: Call<'a>,
     ) -> StoreFuture<'a, Result<bool, StoreError>> {
+        self.hooks.saw(Called::Pass);
         self.inner.pass(auth, call)
     }
     fn record(
@@ -55,9 +88,11 @@ impl Store for Wrapped {
         facts: &ResponseFacts<'_>,
         call: Call<'_>,
     ) -> StoreFuture<'static, ()> {
+        self.hooks.saw(Called::Record);
         self.inner.record(lease, facts, call)
     }
     fn release(&self, lease: Lease, sent: bool, call: Call<'_>) -> StoreFuture<'static, ()> {
+        self.hooks.saw(Called::Release);
         self.inner.release(lease, sent, call)
     }
     fn end_pass(
