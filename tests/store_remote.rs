@@ -93,14 +93,20 @@ fn message(channel: u64) -> Request<Full<Bytes>> {
 /// ARCHITECTURE.md §9.4: the response is handed on once the store recorded
 /// its answer, so the caller's next request asks the store after it. Here
 /// the second answer shows another process took the bucket's last slots:
+/// A layer on `store`, without the proactive global limit (it is not what
+/// these tests look at).
+fn layer_on(store: &Arc<impl Store>) -> RateLimitLayer {
+    RateLimitLayer::builder()
+        .store(store.clone())
+        .global_limit(None)
+        .build()
+}
+
 /// the third request waits for the reset instead of being sent at once.
 #[tokio::test(start_paused = true)]
 async fn the_next_request_asks_the_store_after_the_answer_is_recorded() {
     let store = Arc::new(Remote::new(5 * MS, 5 * MS));
-    let layer = RateLimitLayer::builder()
-        .store(store.clone())
-        .global_limit(None)
-        .build();
+    let layer = layer_on(&store);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let svc = layer.layer(shared_bucket(seen.clone()));
 
@@ -138,10 +144,7 @@ async fn the_next_request_asks_the_store_after_the_answer_is_recorded() {
 #[tokio::test(start_paused = true)]
 async fn a_429_is_handed_on_once_recorded_and_extended() {
     let store = Arc::new(Remote::new(5 * MS, 5 * MS));
-    let layer = RateLimitLayer::builder()
-        .store(store.clone())
-        .global_limit(None)
-        .build();
+    let layer = layer_on(&store);
     let svc = layer.layer(too_many());
     let answer = svc.oneshot(message(1)).await.expect("answered");
     assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -158,10 +161,7 @@ async fn a_429_is_handed_on_once_recorded_and_extended() {
 async fn a_response_dropped_while_its_answer_is_recorded_is_still_recorded() {
     // The answer comes at 10 ms; its record lands at 15 ms.
     let store = Arc::new(Remote::new(5 * MS, 5 * MS));
-    let layer = RateLimitLayer::builder()
-        .store(store.clone())
-        .global_limit(None)
-        .build();
+    let layer = layer_on(&store);
     let limiter = layer.limiter().clone();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let svc = layer.layer(shared_bucket(seen.clone()));
@@ -198,10 +198,7 @@ fn counting(
 async fn a_grant_that_comes_for_a_dropped_request_is_released() {
     // The grant lands at 10 ms, its answer comes at 50 ms.
     let store = Arc::new(Remote::new(10 * MS, 40 * MS));
-    let layer = RateLimitLayer::builder()
-        .store(store.clone())
-        .global_limit(None)
-        .build();
+    let layer = layer_on(&store);
     let seen = Arc::new(AtomicUsize::new(0));
     let svc = layer.layer(counting(seen.clone()));
     let dropped = timeout(20 * MS, svc.clone().oneshot(message(1))).await;
@@ -293,10 +290,7 @@ type Gate = Wrapped<Closed>;
 #[tokio::test(start_paused = true)]
 async fn an_open_wait_of_a_store_others_change_is_bounded() {
     let store = Arc::new(Gate::default());
-    let layer = RateLimitLayer::builder()
-        .store(store.clone())
-        .global_limit(None)
-        .build();
+    let layer = layer_on(&store);
     let seen = Arc::new(AtomicUsize::new(0));
     let svc = layer.layer(counting(seen.clone()));
     let waiting = tokio::spawn(svc.oneshot(message(1)));
