@@ -1,0 +1,63 @@
+//! Instructions per request, for `valgrind --tool=callgrind`, which counts
+//! instructions whatever else the machine does: `bare` or `layered`
+//! (the `per_request` case of `benches/overhead.rs`), `n` requests after a
+//! warm-up. The difference of two runs with different `n`, divided by the
+//! difference of `n`, is the cost of one request, free of start-up.
+//!
+//! ```text
+//! cargo bench --bench instructions --no-run
+//! valgrind --tool=callgrind target/release/deps/instructions-* layered 1000
+//! valgrind --tool=callgrind target/release/deps/instructions-* layered 11000
+//! ```
+//!
+//! Run without valgrind, it does the same work (so `cargo bench` runs it
+//! as a quick check that every case works).
+
+mod support;
+
+use std::time::Duration;
+
+use support::{request, Discord, ENDLESS};
+use tower::{Service, ServiceExt};
+use tower_rest_ratelimit::RateLimitLayer;
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));
+    let case = args.next().unwrap_or_else(|| "layered".into());
+    let n: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(1000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let layer = RateLimitLayer::builder()
+            .global_limit(None)
+            .expire_after(Duration::from_secs(3600))
+            .build();
+        let layered = tower::Layer::layer(&layer, Discord(ENDLESS));
+        let run = |count: u64| {
+            let layered = layered.clone();
+            let case = case.clone();
+            async move {
+                for _ in 0..count {
+                    match case.as_str() {
+                        "bare" => {
+                            let response =
+                                Discord(ENDLESS).call(request(1)).await.expect("response");
+                            std::hint::black_box(response);
+                        }
+                        "layered" => {
+                            let mut svc = layered.clone();
+                            let svc = svc.ready().await.expect("ready");
+                            let response = svc.call(request(1)).await.expect("response");
+                            std::hint::black_box(response);
+                        }
+                        other => panic!("unknown case {other}: bare or layered"),
+                    }
+                }
+            }
+        };
+        run(100).await;
+        run(n).await;
+    });
+}
