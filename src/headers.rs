@@ -348,7 +348,76 @@ fn bucket(value: &HeaderValue) -> Option<BucketHash> {
     Some(BucketHash(value.clone()))
 }
 
+/// The value's bytes without the optional white space around them (the
+/// only white space a header value [`to_str`](HeaderValue::to_str) accepts
+/// is space and tab).
+fn trimmed(value: &HeaderValue) -> &[u8] {
+    let mut bytes = value.as_bytes();
+    while let [b' ' | b'\t', rest @ ..] = bytes {
+        bytes = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = bytes {
+        bytes = rest;
+    }
+    bytes
+}
+
+/// Powers of ten exact in an `f64`.
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// The value of a plain decimal (`3600.000`, `1900000000.123`, `5`) of at
+/// most 15 digits, without going through `str::parse`: the digits are an
+/// integer below 2^53 and the divisor a power of ten exact in an `f64`, so
+/// one division gives the correctly rounded value, the very `f64`
+/// `str::parse` gives (the fast path of every correct parser). Anything
+/// else (a sign, an exponent, more digits, junk) is `None`, for
+/// `str::parse` to decide.
+fn plain_decimal(bytes: &[u8]) -> Option<f64> {
+    if bytes.is_empty() || bytes.len() > 16 {
+        return None;
+    }
+    let (int, frac) = match bytes.iter().position(|&b| b == b'.') {
+        Some(dot) if dot > 0 && dot + 1 < bytes.len() => (&bytes[..dot], &bytes[dot + 1..]),
+        Some(_) => return None,
+        None => (bytes, &[][..]),
+    };
+    if int.len() + frac.len() > 15 {
+        return None;
+    }
+    let mut mantissa = 0u64;
+    for &b in int.iter().chain(frac) {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        mantissa = mantissa * 10 + u64::from(b - b'0');
+    }
+    // At most 15 digits: below 10^15 < 2^53, exact.
+    Some(mantissa as f64 / POW10[frac.len()])
+}
+
+/// A count of at most 10 plain digits that fits a `u32`, without going
+/// through `str::parse` (the same value); anything else is `None`, for
+/// `str::parse` to decide.
+fn plain_count(bytes: &[u8]) -> Option<u32> {
+    if bytes.is_empty() || bytes.len() > 10 {
+        return None;
+    }
+    let mut n = 0u64;
+    for &b in bytes {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(b - b'0');
+    }
+    u32::try_from(n).ok()
+}
+
 fn number(name: &str, value: &HeaderValue) -> Option<f64> {
+    if let Some(n) = plain_decimal(trimmed(value)) {
+        return Some(n);
+    }
     let raw = text(name, value)?;
     match raw.parse::<f64>() {
         Ok(n) if n.is_finite() && n >= 0.0 => Some(n),
@@ -364,6 +433,9 @@ fn number(name: &str, value: &HeaderValue) -> Option<f64> {
 }
 
 fn count(name: &str, value: &HeaderValue) -> Option<u32> {
+    if let Some(n) = plain_count(trimmed(value)) {
+        return Some(n);
+    }
     let raw = text(name, value)?;
     match raw.parse::<u32>() {
         Ok(n) => Some(n),
@@ -379,6 +451,9 @@ fn count(name: &str, value: &HeaderValue) -> Option<u32> {
 }
 
 fn secs(name: &str, value: &HeaderValue) -> Option<Duration> {
+    if let Some(n) = plain_decimal(trimmed(value)) {
+        return to_duration(n, name);
+    }
     let raw = text(name, value)?;
     match raw.parse::<f64>() {
         Ok(n) => to_duration(n, name),
@@ -686,6 +761,24 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The plain parsers answer what `str::parse` answers, bit for
+        /// bit, or leave the value to it.
+        #[test]
+        fn plain_parsers_agree_with_str_parse(
+            text in "[ \t]{0,2}[+0-9.eE-]{0,18}[ \t]{0,2}|[0-9]{1,12}\\.[0-9]{1,6}|[0-9]{1,10}",
+        ) {
+            let value = HeaderValue::from_str(&text).unwrap();
+            let raw = text.trim();
+            if let Some(n) = plain_decimal(trimmed(&value)) {
+                proptest::prop_assert_eq!(Some(n.to_bits()), raw.parse::<f64>().ok().map(f64::to_bits), "{:?}", text);
+            }
+            if let Some(n) = plain_count(trimmed(&value)) {
+                proptest::prop_assert_eq!(Some(n), raw.parse::<u32>().ok(), "{:?}", text);
+            }
+            proptest::prop_assert_eq!(number("n", &value), raw.parse::<f64>().ok().filter(|n| n.is_finite() && *n >= 0.0));
+            proptest::prop_assert_eq!(count("n", &value), raw.parse::<u32>().ok());
+        }
+
         /// ARCHITECTURE.md §4.8: no header value or 429 body panics, and
         /// every wait read is at most one day.
         #[test]
