@@ -63,32 +63,32 @@ pin_project! {
     }
 }
 
-/// The steps before the send.
-enum Before<S, ReqBody> {
+/// The steps before the send: the request and the inner service stay in
+/// place while the permit is asked for, waited for and readied (only the
+/// small `Step` moves from one to the next), and the request moves once,
+/// into the inner service's call.
+struct Before<S, ReqBody> {
+    step: Step,
+    svc: S,
+    // Taken at the send.
+    req: Option<Request<ReqBody>>,
+}
+
+enum Step {
     // Asks for a permit at the first poll: a future never polled holds
     // none.
     Start {
         limiter: Limiter,
         route: CompiledRoute,
         auth: AuthHash,
-        svc: S,
-        req: Request<ReqBody>,
     },
     // Waits (in the limiter's queues) for the permit. No inner capacity is
     // held meanwhile: the inner service is readied only after.
-    Waiting {
-        wait: limiter::PermitWait,
-        svc: S,
-        req: Request<ReqBody>,
-    },
+    Waiting(limiter::PermitWait),
     // Holds the permit while the inner service gets ready: the slot is
     // counted from the grant, so that a slow service cannot let more
     // requests through than the bucket allows.
-    Ready {
-        permit: Permit,
-        svc: S,
-        req: Request<ReqBody>,
-    },
+    Ready(Permit),
     // Moved on (sent, or failed): only while a step runs, or after.
     Gone,
 }
@@ -121,11 +121,11 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::Before { before } => match before {
-                Before::Start { .. } => "Start",
-                Before::Waiting { .. } => "Waiting",
-                Before::Ready { .. } => "Ready",
-                Before::Gone => "Done",
+            State::Before { before } => match before.step {
+                Step::Start { .. } => "Start",
+                Step::Waiting(_) => "Waiting",
+                Step::Ready(_) => "Ready",
+                Step::Gone => "Done",
             },
             State::Sent { .. } => "Sent",
             State::After { after } => match after {
@@ -156,12 +156,14 @@ where
         Self {
             span: limiter::span(&route),
             state: State::Before {
-                before: Before::Start {
-                    limiter,
-                    route,
-                    auth,
+                before: Before {
+                    step: Step::Start {
+                        limiter,
+                        route,
+                        auth,
+                    },
                     svc,
-                    req,
+                    req: Some(req),
                 },
             },
         }
@@ -185,48 +187,41 @@ where
         span: &Span,
     ) -> Poll<Result<(S::Future, Permit), BoxError>> {
         loop {
-            // Each step takes the state by value and puts back the next;
-            // one that returns leaves `Gone` (its values dropped: a permit
+            // Each step takes the step by value and puts back the next; one
+            // that returns leaves `Gone` (its values dropped: a permit
             // dropped unsent gives its slot back whole).
-            *self = match std::mem::replace(self, Self::Gone) {
-                Self::Start {
+            self.step = match std::mem::replace(&mut self.step, Step::Gone) {
+                Step::Start {
                     limiter,
                     route,
                     auth,
-                    svc,
-                    req,
                 } => match limiter.acquire(route, auth, span)? {
-                    Acquire::Ready(permit) => Self::Ready { permit, svc, req },
-                    Acquire::Wait(wait) => Self::Waiting { wait, svc, req },
+                    Acquire::Ready(permit) => Step::Ready(permit),
+                    Acquire::Wait(wait) => Step::Waiting(wait),
                 },
-                Self::Waiting { mut wait, svc, req } => match Pin::new(&mut wait).poll(cx) {
+                Step::Waiting(mut wait) => match Pin::new(&mut wait).poll(cx) {
                     Poll::Pending => {
-                        *self = Self::Waiting { wait, svc, req };
+                        self.step = Step::Waiting(wait);
                         return Poll::Pending;
                     }
-                    Poll::Ready(permit) => Self::Ready {
-                        permit: permit?,
-                        svc,
-                        req,
-                    },
+                    Poll::Ready(permit) => Step::Ready(permit?),
                 },
-                Self::Ready {
-                    mut permit,
-                    mut svc,
-                    req,
-                } => match svc.poll_ready(cx) {
+                Step::Ready(mut permit) => match self.svc.poll_ready(cx) {
                     Poll::Pending => {
-                        *self = Self::Ready { permit, svc, req };
+                        self.step = Step::Ready(permit);
                         return Poll::Pending;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
                     Poll::Ready(Ok(())) => {
                         // Closed while the inner service got ready: not sent.
                         permit.send()?;
-                        return Poll::Ready(Ok((svc.call(req), permit)));
+                        let Some(req) = self.req.take() else {
+                            return Poll::Ready(Err(polled_after_completion()));
+                        };
+                        return Poll::Ready(Ok((self.svc.call(req), permit)));
                     }
                 },
-                Self::Gone => return Poll::Ready(Err(polled_after_completion())),
+                Step::Gone => return Poll::Ready(Err(polled_after_completion())),
             };
         }
     }
@@ -296,7 +291,9 @@ where
                     let after = match permit.answer(response.status(), response.headers()) {
                         Answer::Recorded { info, settling } => {
                             let mut response = response.map(ResponseBody::plain);
-                            response.extensions_mut().insert(info);
+                            if let Some(info) = info {
+                                response.extensions_mut().insert(info);
+                            }
                             if settling.is_done() {
                                 // The usual way: recorded already.
                                 state.set(State::Done);
