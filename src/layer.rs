@@ -130,6 +130,7 @@ impl<T> Builder<T> {
                 policy: Policy::default(),
                 resolver: Arc::new(DiscordResolver),
                 store: None,
+                response_info: true,
             },
             builds: PhantomData,
         }
@@ -237,6 +238,28 @@ impl<T> Builder<T> {
     /// Default [`DiscordResolver`].
     pub fn route_resolver(mut self, resolver: impl RouteResolver) -> Self {
         self.config.resolver = Arc::new(resolver);
+        self
+    }
+
+    /// Whether every response carries the [`RateLimitInfo`] extension the
+    /// layer read from its headers. Default `true`. Off, only 429s carry
+    /// one (the retry policies read it), and a request that does not wait
+    /// costs no allocation: putting the extension into a response whose
+    /// extensions are empty, as a bare server's are, takes three (the map,
+    /// its table, the value), about a tenth of what the layer adds to a
+    /// request. The limiter learns from every answer either way.
+    ///
+    /// ```
+    /// use tower_rest_ratelimit::RateLimitLayer;
+    ///
+    /// // Read the `X-RateLimit-*` headers yourself where you need them.
+    /// let layer = RateLimitLayer::builder().response_info(false).build();
+    /// # let _ = layer;
+    /// ```
+    ///
+    /// [`RateLimitInfo`]: crate::RateLimitInfo
+    pub fn response_info(mut self, every_response: bool) -> Self {
+        self.config.response_info = every_response;
         self
     }
 

@@ -149,7 +149,9 @@ async fn limited(
             // once its answer is recorded (ARCHITECTURE.md §9.4); dropped
             // before, the record runs on in the background.
             settling.await;
-            response.extensions_mut().insert(info);
+            if let Some(info) = info {
+                response.extensions_mut().insert(info);
+            }
             return Ok(response);
         }
         Answer::TooMany(rejected) => rejected,

@@ -105,12 +105,9 @@ where
     }
 }
 
-/// ARCHITECTURE.md §2 (and issue 8, target d): on a known bucket with
-/// headroom, the layer adds at most `LAYER_ALLOCATIONS` allocations and
-/// `LAYER_BYTES` bytes to a request over what the bare service and the
-/// caller's own types (the request, the response) allocate.
-#[test]
-fn a_request_that_does_not_wait_allocates_little() {
+/// What the layer adds to a request that does not wait, over the bare
+/// service: `layer` over `Discord(ENDLESS)`, warmed up, then measured.
+fn added_by(layer: RateLimitLayer, what: &str) -> PerRequest {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // The paused clock never moves while the requests run (none waits), so
     // the sweeper never runs in the middle of a measurement.
@@ -120,10 +117,6 @@ fn a_request_that_does_not_wait_allocates_little() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let layer = RateLimitLayer::builder()
-            .global_limit(None)
-            .expire_after(Duration::from_secs(3600))
-            .build();
         let limiter = layer.limiter().clone();
         let mut layered = layer.layer(Discord(ENDLESS));
         // Learn the bucket, and warm up whatever a first request sets up
@@ -141,8 +134,8 @@ fn a_request_that_does_not_wait_allocates_little() {
             bytes: through.bytes - bare.bytes,
         };
         println!(
-            "per request: bare {:.2} allocations, {:.0} B; layered {:.2} allocations, {:.0} B; \
-             the layer adds {:.2} allocations, {:.0} B",
+            "{what}: per request: bare {:.2} allocations, {:.0} B; layered {:.2} allocations, \
+             {:.0} B; the layer adds {:.2} allocations, {:.0} B",
             bare.allocations,
             bare.bytes,
             through.allocations,
@@ -150,19 +143,51 @@ fn a_request_that_does_not_wait_allocates_little() {
             added.allocations,
             added.bytes,
         );
-
         // The counter counts, and every request hit the one known bucket.
         assert!(bare.allocations >= 1.0, "the allocator counted nothing");
         assert_eq!(stats.buckets, 1, "{stats:?}");
-        assert!(
-            added.allocations <= LAYER_ALLOCATIONS as f64,
-            "the layer adds {:.2} allocations per request (at most {LAYER_ALLOCATIONS})",
-            added.allocations,
-        );
-        assert!(
-            added.bytes <= LAYER_BYTES as f64,
-            "the layer adds {:.0} bytes per request (at most {LAYER_BYTES})",
-            added.bytes,
-        );
-    });
+        added
+    })
+}
+
+fn layer() -> tower_rest_ratelimit::Builder<RateLimitLayer> {
+    RateLimitLayer::builder()
+        .global_limit(None)
+        .expire_after(Duration::from_secs(3600))
+}
+
+/// ARCHITECTURE.md §2 (and issue 8, target d): on a known bucket with
+/// headroom, the layer adds at most `LAYER_ALLOCATIONS` allocations and
+/// `LAYER_BYTES` bytes to a request over what the bare service and the
+/// caller's own types (the request, the response) allocate: the response's
+/// `RateLimitInfo` extension.
+#[test]
+fn a_request_that_does_not_wait_allocates_little() {
+    let added = added_by(layer().build(), "default");
+    assert!(
+        added.allocations <= LAYER_ALLOCATIONS as f64,
+        "the layer adds {:.2} allocations per request (at most {LAYER_ALLOCATIONS})",
+        added.allocations,
+    );
+    assert!(
+        added.bytes <= LAYER_BYTES as f64,
+        "the layer adds {:.0} bytes per request (at most {LAYER_BYTES})",
+        added.bytes,
+    );
+}
+
+/// ARCHITECTURE.md §2.4: without the `RateLimitInfo` extension
+/// (`Builder::response_info(false)`), a request that does not wait
+/// allocates nothing in the layer.
+#[test]
+fn without_response_info_a_request_that_does_not_wait_allocates_nothing() {
+    let added = added_by(layer().response_info(false).build(), "response_info(false)");
+    // An allocation in every request would add at least 1.0 and its size;
+    // what the runtime allocates now and then shows as hundredths.
+    assert!(
+        added.allocations < 0.5 && added.bytes < 16.0,
+        "the layer adds {:.2} allocations, {:.0} B per request (none expected)",
+        added.allocations,
+        added.bytes,
+    );
 }

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tower::retry::Retry;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rest_ratelimit::retry::{CloneBody, RetryPolicy};
-use tower_rest_ratelimit::{BoxError, Error, RateLimit, RateLimitLayer};
+use tower_rest_ratelimit::{BoxError, Error, RateLimit, RateLimitInfo, RateLimitLayer};
 
 const MESSAGES: &str = "/api/v10/channels/1/messages";
 const TOKEN: &str = "a";
@@ -135,6 +135,62 @@ async fn user_429_is_retried_after_exactly_the_hold() {
         assert_eq!(gaps(&h.arrivals()), [secs(hold)], "retried after the hold");
         assert_eq!(h.sim.pending_overrides(), 0);
     }
+}
+
+/// ARCHITECTURE.md §2.4: a layer built with `response_info(false)` puts no
+/// `RateLimitInfo` into a 200, but still into a 429, so that the retry
+/// policy retries it after exactly the hold, as with the default.
+#[tokio::test(start_paused = true)]
+async fn without_response_info_a_429_still_carries_it_and_is_retried() {
+    let h = Harness::start(Simulator::new());
+    let layer = RateLimitLayer::builder().response_info(false).build();
+    let plain = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(h.net.clone());
+    let retried = ServiceBuilder::new()
+        .retry(RetryPolicy::default())
+        .layer(layer)
+        .service(h.net.clone());
+
+    let response = plain.clone().oneshot(h.request()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.extensions().get::<RateLimitInfo>().is_none(),
+        "a 200 carries no RateLimitInfo with response_info(false)"
+    );
+    drop(response);
+
+    h.sim.push_override(Override::UserLimit {
+        body_retry_after: 2.0,
+        reset_after: 2.0,
+        retry_after_header: 2,
+    });
+    let response = plain.clone().oneshot(h.request()).await.unwrap();
+    assert_eq!(response.status(), 429);
+    let info = response.extensions().get::<RateLimitInfo>().cloned();
+    assert!(
+        info.and_then(|i| i.too_many_requests)
+            .is_some_and(|t| t.held),
+        "a 429 carries its RateLimitInfo, held"
+    );
+    drop(response);
+
+    h.sim.push_override(Override::UserLimit {
+        body_retry_after: 2.0,
+        reset_after: 2.0,
+        retry_after_header: 2,
+    });
+    let before = h.arrivals().len();
+    let seen = send(&retried, h.request()).await.unwrap();
+    assert_eq!(seen.status, 200, "the retry succeeds");
+    let arrivals = h.arrivals();
+    let statuses: Vec<u16> = h.sim.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses[before..], [429, 200], "one 429, one retry");
+    assert_eq!(
+        gaps(&arrivals[before..]),
+        [secs(2.0)],
+        "retried after the hold"
+    );
 }
 
 /// ARCHITECTURE.md §5.1: a global 429 is retried once the global

@@ -85,6 +85,9 @@ pub(crate) struct Config {
     pub(crate) resolver: Arc<dyn RouteResolver>,
     /// `None`: a new [`MemoryStore`].
     pub(crate) store: Option<Arc<dyn Store>>,
+    /// Every response carries its [`RateLimitInfo`](crate::RateLimitInfo)
+    /// (else only 429s do).
+    pub(crate) response_info: bool,
 }
 
 impl fmt::Debug for Config {
@@ -95,6 +98,7 @@ impl fmt::Debug for Config {
             .field("expire_after", &self.policy.expire_after)
             .field("invalid_ceiling", &self.policy.invalid_ceiling)
             .field("invalid_ceiling_total", &self.policy.invalid_ceiling_total)
+            .field("response_info", &self.response_info)
             .finish_non_exhaustive()
     }
 }

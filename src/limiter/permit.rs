@@ -163,7 +163,10 @@ impl Permit {
             return Answer::TooMany(Rejected { pending, info });
         }
         let (_, settling) = self.ticket.record(status, &info);
-        Answer::Recorded { info, settling }
+        Answer::Recorded {
+            info: self.ticket.response_info().then_some(info),
+            settling,
+        }
     }
 }
 
@@ -172,11 +175,13 @@ impl Permit {
 // Returned and matched at once, never kept: no need to box the 429.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Answer {
-    /// Recorded. `info` goes into the response's extensions; `settling`, a
+    /// Recorded. `info`, unless the limiter was built without
+    /// [`response_info`](crate::Builder::response_info), goes into the
+    /// response's extensions; `settling`, a
     /// store's record still under way, is driven to its end before the
     /// response is handed on (ARCHITECTURE.md §9.4).
     Recorded {
-        info: RateLimitInfo,
+        info: Option<RateLimitInfo>,
         settling: Settling,
     },
     /// A 429, recorded from its headers: its body is read next.

@@ -65,6 +65,12 @@ impl Ticket {
         }
     }
 
+    /// Whether every response carries its `RateLimitInfo`
+    /// (`Builder::response_info`).
+    pub(crate) fn response_info(&self) -> bool {
+        self.shared.config.response_info
+    }
+
     /// Whether the limiter was closed since: a request not yet sent is then
     /// not sent, and fails with `Error::Closed` (counted as such, feature
     /// `metrics`).
