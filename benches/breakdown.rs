@@ -5,6 +5,9 @@
 //! - `request`: building the bench's request (`support::request`), which
 //!   every round trip below includes;
 //! - `resolve`: `DiscordResolver` compiling its route (§2.1);
+//!   `resolve/snowflake` the same with a 19-digit channel id, and
+//!   `resolve/100000_channels` with 100,000 different ones in turn (a
+//!   resolver whose cost grew with the ids it has seen would show here);
 //! - `auth_hash`: `Limiter::auth_hash` of `Bot ` and a 72-byte token;
 //! - `extensions_insert`: putting the `RateLimitInfo` the layer learned
 //!   from the `ENDLESS` headers into a response's empty extensions (§2.4);
@@ -31,6 +34,11 @@ use tower_rest_ratelimit::{RateLimitInfo, RateLimitLayer};
 
 /// A bot token's length.
 const TOKEN_LEN: usize = 72;
+
+/// Channels of `resolve/100000_channels`, 19-digit snowflakes from
+/// `FIRST_CHANNEL` on.
+const CHANNELS: u64 = 100_000;
+const FIRST_CHANNEL: u64 = 1_100_000_000_000_000_000;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -59,6 +67,21 @@ fn breakdown(c: &mut Criterion) {
     let uri: Uri = request(1).uri().clone();
     group.bench_function("resolve", |b| {
         b.iter(|| DiscordResolver.resolve(&Method::POST, std::hint::black_box(uri.path())))
+    });
+
+    let snowflake = "/api/v10/channels/1234567890123456789/messages";
+    group.bench_function("resolve/snowflake", |b| {
+        b.iter(|| DiscordResolver.resolve(&Method::POST, std::hint::black_box(snowflake)))
+    });
+    let paths: Vec<String> = (0..CHANNELS)
+        .map(|i| format!("/api/v10/channels/{}/messages", FIRST_CHANNEL + i * 7_919))
+        .collect();
+    let mut next = paths.iter().cycle();
+    group.bench_function("resolve/100000_channels", |b| {
+        b.iter(|| {
+            let path = next.next().expect("an endless cycle");
+            DiscordResolver.resolve(&Method::POST, std::hint::black_box(path))
+        })
     });
 
     let token = format!("Bot {}", "x".repeat(TOKEN_LEN));

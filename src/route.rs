@@ -185,11 +185,20 @@ impl fmt::Debug for Major {
 }
 
 /// A canonical decimal `u64`: no sign, no leading zero.
-fn decimal_id(value: &str) -> Option<u64> {
-    let canonical = !value.is_empty()
-        && value.bytes().all(|b| b.is_ascii_digit())
-        && (value.len() == 1 || !value.starts_with('0'));
-    canonical.then(|| value.parse().ok()).flatten()
+fn decimal_id(digits: &[u8]) -> Option<u64> {
+    // 21 digits without a leading zero are over `u64::MAX`.
+    if digits.is_empty() || digits.len() > 20 || (digits.len() > 1 && digits[0] == b'0') {
+        return None;
+    }
+    let mut id: u64 = 0;
+    for &b in digits {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        id = id.checked_mul(10)?.checked_add(u64::from(digit))?;
+    }
+    Some(id)
 }
 
 /// Which limits apply to a route.
@@ -232,7 +241,7 @@ impl CompiledRoute {
 
     /// Adds a major parameter, kept as `name=value`.
     pub fn with_major(mut self, name: &'static str, value: &str) -> Self {
-        self.major.value = match (&self.major.value, decimal_id(value)) {
+        self.major.value = match (&self.major.value, decimal_id(value.as_bytes())) {
             (MajorValue::None, Some(id)) => MajorValue::Id(name, id),
             (MajorValue::None, None) => MajorValue::Text(format!("{name}={value}").into()),
             (_, _) => {

@@ -37,6 +37,8 @@ mod permit;
 mod ticket;
 mod wait;
 
+// For the route resolver's test oracle (`route/discord/reference.rs`).
+#[cfg(test)]
 pub(crate) use hash::FastSet;
 pub use memory::MemoryStore;
 pub(crate) use permit::{span, Acquire, Answer, Permit, PermitWait, Reading};

@@ -1,13 +1,18 @@
 //! The resolver for Discord's REST paths.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::Method;
+use rustc_hash::FxBuildHasher;
 
-use crate::limiter::FastSet;
+use crate::store::fingerprint;
 
-use super::{CompiledRoute, Limits, Route, RouteResolver};
+use super::{decimal_id, CompiledRoute, Limits, Major, MajorValue, Route, RouteResolver};
+
+#[cfg(test)]
+mod reference;
 
 /// Interaction tokens are base64 and start with `interaction:`.
 const INTERACTION_TOKEN_PREFIX: &str = "aW50ZXJhY3Rpb24";
@@ -55,39 +60,12 @@ impl RouteResolver for DiscordResolver {
     }
 }
 
-fn is_id(seg: &str) -> bool {
-    !seg.is_empty() && seg.len() <= 20 && seg.bytes().all(|b| b.is_ascii_digit())
-}
-
-fn is_version(seg: &str) -> bool {
-    seg.len() > 1 && seg.starts_with('v') && seg[1..].bytes().all(|b| b.is_ascii_digit())
-}
-
-/// Defines `LITERALS`, the list, and `literal`, a `match` over it (the
-/// compiler turns it into a few integer comparisons by length, cheaper
-/// than a search over the list).
-macro_rules! literals {
-    ($($word:literal),* $(,)?) => {
-        /// Every fixed segment of Discord's REST paths. A segment that is
-        /// not here (a token, a code, a name, a path Discord added later)
-        /// never reaches a template: it becomes `{param}`.
-        #[cfg(test)]
-        const LITERALS: &[&str] = &[$($word),*];
-
-        /// The known literal `seg` is, if any.
-        fn literal(seg: &str) -> Option<&'static str> {
-            match seg {
-                $($word => Some($word),)*
-                _ => None,
-            }
-        }
-    };
-}
-
-// The fixed segments of every path in Discord's OpenAPI description
-// (github.com/discord/discord-api-spec), and `attachments`, `authorize`,
-// `mfa`, `nick` and `revoke`, documented elsewhere. Sorted.
-literals![
+/// Every fixed segment of Discord's REST paths: the fixed segments of every
+/// path in Discord's OpenAPI description (github.com/discord/discord-api-spec),
+/// and `attachments`, `authorize`, `mfa`, `nick` and `revoke`, documented
+/// elsewhere. Sorted. A segment that is not here (a token, a code, a name, a
+/// path Discord added later) never reaches a template: it becomes `{param}`.
+const LITERALS: &[&str] = &[
     "@me",
     "@original",
     "active",
@@ -189,11 +167,122 @@ literals![
     "widget.png",
 ];
 
+/// `a == b`, at compile time.
+const fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The index of `word` in `LITERALS`, at compile time.
+const fn index_of(word: &str) -> u8 {
+    let mut i = 0;
+    while i < LITERALS.len() {
+        if same(LITERALS[i].as_bytes(), word.as_bytes()) {
+            return i as u8;
+        }
+        i += 1;
+    }
+    panic!("not in LITERALS");
+}
+
+const CHANNELS: u8 = index_of("channels");
+const GUILDS: u8 = index_of("guilds");
+const INTERACTIONS: u8 = index_of("interactions");
+const OAUTH2: u8 = index_of("oauth2");
+const INVITES: u8 = index_of("invites");
+const REACTIONS: u8 = index_of("reactions");
+const TEMPLATES: u8 = index_of("templates");
+const USERS: u8 = index_of("users");
+const WEBHOOKS: u8 = index_of("webhooks");
+
+/// The longest literal: a longer segment is not one.
+const MAX_LITERAL_LEN: usize = {
+    let (mut i, mut max) = (0, 0);
+    while i < LITERALS.len() {
+        if LITERALS[i].len() > max {
+            max = LITERALS[i].len();
+        }
+        i += 1;
+    }
+    max
+};
+
+/// Slots of `LITERAL_SLOTS`, a power of two, well over twice the literals.
+const SLOTS: usize = 256;
+
+/// Where the search for the non-empty `seg` in `LITERAL_SLOTS` starts: a
+/// hash of its length and its first, middle and last bytes (the multiplier
+/// chosen so that no literal is more than one slot past its own, which
+/// `tests::same_literals_as_reference` checks).
+const fn slot(seg: &[u8]) -> usize {
+    let n = seg.len();
+    let x =
+        (n as u32) | (seg[0] as u32) << 8 | (seg[n / 2] as u32) << 16 | (seg[n - 1] as u32) << 24;
+    (x.wrapping_mul(0x5C5B_E633) >> 24) as usize % SLOTS
+}
+
+/// `LITERALS` as an open-addressed hash table, built at compile time:
+/// each slot holds the index of a literal plus one, or 0 (free). A literal
+/// is in the first free slot from its `slot` on.
+const LITERAL_SLOTS: [u8; SLOTS] = {
+    assert!(LITERALS.len() < SLOTS / 2 && LITERALS.len() <= (ID - ID_AFTER) as usize);
+    let mut slots = [0; SLOTS];
+    let mut i = 0;
+    while i < LITERALS.len() {
+        let mut s = slot(LITERALS[i].as_bytes());
+        while slots[s] != 0 {
+            s = (s + 1) % SLOTS;
+        }
+        slots[s] = i as u8 + 1;
+        i += 1;
+    }
+    slots
+};
+
+/// The index in `LITERALS` of the known literal `seg` is, if any.
+#[inline]
+fn literal_index(seg: &[u8]) -> Option<u8> {
+    if seg.is_empty() || seg.len() > MAX_LITERAL_LEN {
+        return None;
+    }
+    let mut s = slot(seg);
+    loop {
+        let index = LITERAL_SLOTS[s].checked_sub(1)?;
+        if same_bytes(LITERALS[usize::from(index)].as_bytes(), seg) {
+            return Some(index);
+        }
+        s = (s + 1) % SLOTS;
+    }
+}
+
+/// The known literal `seg` is, if any.
+#[cfg(test)]
+fn literal(seg: &str) -> Option<&'static str> {
+    literal_index(seg.as_bytes()).map(|i| LITERALS[usize::from(i)])
+}
+
+fn is_id(seg: &[u8]) -> bool {
+    !seg.is_empty() && seg.len() <= 20 && seg.iter().all(u8::is_ascii_digit)
+}
+
+fn is_version(seg: &[u8]) -> bool {
+    seg.len() > 1 && seg[0] == b'v' && seg[1..].iter().all(u8::is_ascii_digit)
+}
+
 /// What a segment was taken for, as far as the segments after it care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Seg {
-    /// A literal the resolver knows.
-    Literal(&'static str),
+    /// A literal the resolver knows, by its index in `LITERALS`.
+    Literal(u8),
     /// An id.
     Id,
     /// Nothing (the start), or a parameter that is not an id: a token, a
@@ -201,14 +290,28 @@ enum Seg {
     Other,
 }
 
+// How a segment is spelled in a template, as one byte: a literal by its
+// index in `LITERALS`, an id after literal `i` (`{name_id}`) by
+// `ID_AFTER + i`, and the parameters of fixed names by the codes below.
+/// `{name_id}`, named after the literal `code - ID_AFTER`.
+const ID_AFTER: u8 = 128;
+/// `{id}`.
+const ID: u8 = 250;
+/// `{param}`.
+const PARAM: u8 = 251;
+/// `{emoji}`.
+const EMOJI: u8 = 252;
+/// `{code}`.
+const CODE: u8 = 253;
+/// `{webhook_token}`.
+const WEBHOOK_TOKEN: u8 = 254;
+/// `{interaction_token}`.
+const INTERACTION_TOKEN: u8 = 255;
+
 /// Pushes `{name_id}` for an id after the known literal `word`: `channels`
-/// → `{channel_id}`, `entries` → `{entry_id}`; after anything else → `{id}`.
+/// → `{channel_id}`, `entries` → `{entry_id}`.
 /// The name is only ever made from a known literal, never from raw text.
-fn push_param(template: &mut String, prev: Seg) {
-    let Seg::Literal(word) = prev else {
-        template.push_str("{id}");
-        return;
-    };
+fn push_param(template: &mut String, word: &str) {
     template.push('{');
     if let Some(stem) = word.strip_suffix("ies") {
         template.push_str(stem);
@@ -223,143 +326,377 @@ fn push_param(template: &mut String, prev: Seg) {
 /// `/api/vN`.
 const MAX_SEGMENTS: usize = 16;
 
-/// Templates seen on this thread, so that resolving a known route
-/// allocates nothing.
-const MAX_INTERNED: usize = 4096;
-
-thread_local! {
-    static TEMPLATES: RefCell<(String, FastSet<Arc<str>>)> = RefCell::default();
+/// A template, exactly, without its text: the codes of its segments (the
+/// `i`th in byte `i`), and how many there are, `MAX_SEGMENTS + 1` when a
+/// `{rest}` follows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Shape {
+    codes: u128,
+    len: u8,
 }
 
-/// The shared copy of the template `build` writes.
-fn intern(build: impl FnOnce(&mut String)) -> Arc<str> {
-    TEMPLATES.with(|cell| {
-        let (buf, set) = &mut *cell.borrow_mut();
-        buf.clear();
-        build(buf);
-        if let Some(known) = set.get(buf.as_str()) {
-            return Arc::clone(known);
-        }
-        if set.len() >= MAX_INTERNED {
-            set.clear();
-        }
-        let template: Arc<str> = Arc::from(buf.as_str());
-        set.insert(Arc::clone(&template));
-        template
-    })
-}
+const _: () = assert!(MAX_SEGMENTS * 8 <= u128::BITS as usize);
 
-fn resolve(method: &Method, path: &str) -> CompiledRoute {
-    // Empty segments (`//`) say nothing; anything up to `/api[/vN]` is a
-    // proxy's prefix.
-    let mut path = path;
-    // The common shape, `/api/vN/...`, without a scan.
-    if let Some(rest) = path.strip_prefix("/api/v") {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits > 0 && rest[digits..].starts_with('/') {
-            path = &rest[digits..];
-        }
-    }
-    let segments = || path.split('/').filter(|s| !s.is_empty());
-    let mut skip = 0;
-    if let Some(api) = segments().take(4).position(|s| s == "api") {
-        skip = api + 1;
-        if segments().nth(skip).is_some_and(is_version) {
-            skip += 1;
-        }
-    } else if segments().next().is_some_and(is_version) {
-        skip = 1;
-    }
-
-    let mut major: Option<(&'static str, &str)> = None;
-    let mut secret: Option<&str> = None;
-    let mut limits = Limits::All;
-    let (mut top, mut second, mut fourth) = ("", "", "");
-    let mut count = 0;
-
-    let template = intern(|template| {
-        let (mut prev, mut prev2) = (Seg::Other, Seg::Other);
-        for (i, seg) in segments().skip(skip).enumerate() {
-            match i {
-                0 => top = seg,
-                1 => second = seg,
-                3 => fourth = seg,
-                _ => {}
-            }
-            count = i + 1;
-            if i >= MAX_SEGMENTS {
-                // A path longer than any of Discord's: the rest is one
-                // parameter, so that a template stays short.
-                if i == MAX_SEGMENTS {
-                    template.push_str("/{rest}");
-                }
-                continue;
-            }
+impl Shape {
+    /// The template's text.
+    fn spell(self, template: &mut String) {
+        for i in 0..usize::from(self.len).min(MAX_SEGMENTS) {
             template.push('/');
-            let kind = if prev == Seg::Literal("reactions") {
-                template.push_str("{emoji}");
-                Seg::Other
-            } else if matches!(prev, Seg::Literal("invites" | "templates")) {
-                template.push_str("{code}");
-                Seg::Other
-            } else if prev == Seg::Id && prev2 == Seg::Literal("webhooks") && !is_id(seg) {
-                template.push_str("{webhook_token}");
-                if i == 2 {
-                    secret = Some(seg);
+            match (self.codes >> (8 * i)) as u8 {
+                ID => template.push_str("{id}"),
+                PARAM => template.push_str("{param}"),
+                EMOJI => template.push_str("{emoji}"),
+                CODE => template.push_str("{code}"),
+                WEBHOOK_TOKEN => template.push_str("{webhook_token}"),
+                INTERACTION_TOKEN => template.push_str("{interaction_token}"),
+                code if code >= ID_AFTER => {
+                    push_param(template, LITERALS[usize::from(code - ID_AFTER)]);
                 }
-                if seg.starts_with(INTERACTION_TOKEN_PREFIX) {
-                    limits = Limits::BucketOnly;
-                }
-                Seg::Other
-            } else if prev == Seg::Id && prev2 == Seg::Literal("interactions") {
-                template.push_str("{interaction_token}");
-                Seg::Other
-            } else if is_id(seg) {
-                let after = if prev2 == Seg::Literal("reactions") {
-                    Seg::Literal("users")
-                } else {
-                    prev
-                };
-                push_param(template, after);
-                if i == 1 {
-                    major = match top {
-                        "channels" => Some(("channel_id", seg)),
-                        "guilds" => Some(("guild_id", seg)),
-                        "webhooks" => Some(("webhook_id", seg)),
-                        _ => None,
-                    };
-                }
-                Seg::Id
-            } else if let Some(word) = literal(seg) {
-                template.push_str(word);
-                Seg::Literal(word)
-            } else {
-                template.push_str("{param}");
-                Seg::Other
-            };
-            (prev2, prev) = (prev, kind);
+                code => template.push_str(LITERALS[usize::from(code)]),
+            }
+        }
+        if usize::from(self.len) > MAX_SEGMENTS {
+            // A path longer than any of Discord's: the rest is one
+            // parameter, so that a template stays short.
+            template.push_str("/{rest}");
         }
         if template.is_empty() {
             template.push('/');
         }
-    });
+    }
+}
 
+/// Templates seen on this thread, so that resolving a known route
+/// allocates nothing (and bounds their memory whatever the paths).
+const MAX_INTERNED: usize = 4096;
+
+/// Slots of `Templates::recent`, a power of two.
+const RECENT: usize = 64;
+
+/// The templates of this thread by their shape.
+struct Templates {
+    /// The last template of each slot, in front of `by_shape`: a lookup
+    /// here is a multiply and a compare.
+    recent: [Option<(Shape, Arc<str>)>; RECENT],
+    by_shape: HashMap<Shape, Arc<str>, FxBuildHasher>,
+}
+
+impl Templates {
+    /// The shared copy of the template of `shape`.
+    #[inline]
+    fn get(&mut self, shape: Shape) -> Arc<str> {
+        let folded = (shape.codes as u64)
+            ^ ((shape.codes >> 64) as u64).rotate_left(7)
+            ^ u64::from(shape.len);
+        let slot = (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % RECENT;
+        match &self.recent[slot] {
+            Some((recent, template)) if *recent == shape => Arc::clone(template),
+            _ => self.find(shape, slot),
+        }
+    }
+
+    /// The template of `shape`, from `by_shape` or made, put in `slot` of
+    /// `recent`.
+    #[cold]
+    #[inline(never)]
+    fn find(&mut self, shape: Shape, slot: usize) -> Arc<str> {
+        let template = match self.by_shape.get(&shape) {
+            Some(known) => Arc::clone(known),
+            None => {
+                let mut text = String::new();
+                shape.spell(&mut text);
+                let template: Arc<str> = text.into();
+                if self.by_shape.len() >= MAX_INTERNED {
+                    self.by_shape.clear();
+                }
+                self.by_shape.insert(shape, Arc::clone(&template));
+                template
+            }
+        };
+        self.recent[slot] = Some((shape, Arc::clone(&template)));
+        template
+    }
+}
+
+thread_local! {
+    static INTERNED: RefCell<Templates> = const {
+        RefCell::new(Templates {
+            recent: [const { None }; RECENT],
+            by_shape: HashMap::with_hasher(FxBuildHasher),
+        })
+    };
+}
+
+/// `/` in each byte of a word.
+const SLASHES: u64 = u64::from_ne_bytes([b'/'; 8]);
+/// The low 7 bits of each byte of a word.
+const LOW7: u64 = u64::from_ne_bytes([0x7F; 8]);
+
+/// The high bit of each byte of `word` (read little-endian) that is `/`.
+fn slashes_in(word: u64) -> u64 {
+    let x = word ^ SLASHES;
+    // A byte of `x` is 0 exactly where its high bit stays clear here; no
+    // carry crosses bytes.
+    !(((x & LOW7) + LOW7) | x | LOW7)
+}
+
+/// Finds the `/`s of a path, 8 bytes at a time.
+struct Slashes<'a> {
+    bytes: &'a [u8],
+    /// Where the word `found` is of starts.
+    word: usize,
+    /// The `/`s of that word not taken yet, as `slashes_in` gives them.
+    found: u64,
+    /// Where the next word starts.
+    next: usize,
+}
+
+impl<'a> Slashes<'a> {
+    /// The `/`s of `bytes[from..]`.
+    fn new(bytes: &'a [u8], from: usize) -> Self {
+        Self {
+            bytes,
+            word: from,
+            found: 0,
+            next: from,
+        }
+    }
+
+    /// Where the next `/` is, or the length of the path when there is
+    /// none.
+    #[inline]
+    fn next_or_end(&mut self) -> usize {
+        let len = self.bytes.len();
+        while self.found == 0 {
+            if self.next >= len {
+                return len;
+            }
+            let word = match self.bytes.get(self.next..self.next + 8) {
+                Some(eight) => u64::from_le_bytes(eight.try_into().unwrap_or_default()),
+                // The last 8 bytes, less the ones already looked at.
+                None if len >= 8 => {
+                    let last: [u8; 8] = self.bytes[len - 8..].try_into().unwrap_or_default();
+                    u64::from_le_bytes(last) >> (8 * (self.next + 8 - len))
+                }
+                None => self.bytes[self.next..]
+                    .iter()
+                    .rev()
+                    .fold(0, |word, &b| word << 8 | u64::from(b)),
+            };
+            self.word = self.next;
+            self.found = slashes_in(word);
+            self.next += 8;
+        }
+        let at = self.word + (self.found.trailing_zeros() / 8) as usize;
+        self.found &= self.found - 1;
+        at
+    }
+}
+
+/// What `resolve` has made of the segments after the prefix so far.
+struct Compiled {
+    codes: [u8; MAX_SEGMENTS],
+    /// Segments seen, up to `MAX_SEGMENTS + 1`.
+    count: usize,
+    prev: Seg,
+    prev2: Seg,
+    major: Option<(&'static str, (usize, usize))>,
+    secret: Option<(usize, usize)>,
+    limits: Limits,
+    /// Whether the first segment is `interactions`, `oauth2`, the second
+    /// `token`, the fourth `callback`: the routes Discord does not limit.
+    interactions: bool,
+    oauth2: bool,
+    token: bool,
+    callback: bool,
+}
+
+impl Compiled {
+    const NEW: Self = Self {
+        codes: [0; MAX_SEGMENTS],
+        count: 0,
+        prev: Seg::Other,
+        prev2: Seg::Other,
+        major: None,
+        secret: None,
+        limits: Limits::All,
+        interactions: false,
+        oauth2: false,
+        token: false,
+        callback: false,
+    };
+
+    /// Takes the segment `bytes[a..b]`; false once more than
+    /// `MAX_SEGMENTS` were given (the rest do not matter).
+    #[inline]
+    fn push(&mut self, bytes: &[u8], (a, b): (usize, usize)) -> bool {
+        let i = self.count;
+        self.count += 1;
+        if i >= MAX_SEGMENTS {
+            return false;
+        }
+        let seg = &bytes[a..b];
+        let (prev, prev2) = (self.prev, self.prev2);
+        let (code, kind) = if prev == Seg::Literal(REACTIONS) {
+            (EMOJI, Seg::Other)
+        } else if matches!(prev, Seg::Literal(INVITES | TEMPLATES)) {
+            (CODE, Seg::Other)
+        } else if prev == Seg::Id && prev2 == Seg::Literal(WEBHOOKS) && !is_id(seg) {
+            if i == 2 {
+                self.secret = Some((a, b));
+            }
+            if seg.starts_with(INTERACTION_TOKEN_PREFIX.as_bytes()) {
+                self.limits = Limits::BucketOnly;
+            }
+            (WEBHOOK_TOKEN, Seg::Other)
+        } else if prev == Seg::Id && prev2 == Seg::Literal(INTERACTIONS) {
+            (INTERACTION_TOKEN, Seg::Other)
+        } else if is_id(seg) {
+            let after = if prev2 == Seg::Literal(REACTIONS) {
+                Seg::Literal(USERS)
+            } else {
+                prev
+            };
+            if i == 1 {
+                // `prev` is the first segment's.
+                self.major = match prev {
+                    Seg::Literal(CHANNELS) => Some(("channel_id", (a, b))),
+                    Seg::Literal(GUILDS) => Some(("guild_id", (a, b))),
+                    Seg::Literal(WEBHOOKS) => Some(("webhook_id", (a, b))),
+                    _ => None,
+                };
+            }
+            match after {
+                Seg::Literal(word) => (ID_AFTER + word, Seg::Id),
+                _ => (ID, Seg::Id),
+            }
+        } else if let Some(word) = literal_index(seg) {
+            (word, Seg::Literal(word))
+        } else {
+            (PARAM, Seg::Other)
+        };
+        match i {
+            // The first segment is never taken for anything but itself.
+            0 => {
+                self.interactions = code == INTERACTIONS;
+                self.oauth2 = code == OAUTH2;
+            }
+            1 => self.token = same_bytes(seg, b"token"),
+            3 => self.callback = same_bytes(seg, b"callback"),
+            _ => {}
+        }
+        self.codes[i] = code;
+        (self.prev2, self.prev) = (prev, kind);
+        true
+    }
+}
+
+/// `a == b` for slices of the same length, without a call for the short
+/// ones: two overlapping words.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    fn word<const N: usize>(s: &[u8], at: usize) -> [u8; N] {
+        s[at..at + N].try_into().unwrap_or([0; N])
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        0 => true,
+        1 => a[0] == b[0],
+        2..=3 => word::<2>(a, 0) == word::<2>(b, 0) && word::<2>(a, n - 2) == word::<2>(b, n - 2),
+        4..=7 => word::<4>(a, 0) == word::<4>(b, 0) && word::<4>(a, n - 4) == word::<4>(b, n - 4),
+        8..=16 => word::<8>(a, 0) == word::<8>(b, 0) && word::<8>(a, n - 8) == word::<8>(b, n - 8),
+        _ => a == b,
+    }
+}
+
+fn resolve(method: &Method, path: &str) -> CompiledRoute {
+    let bytes = path.as_bytes();
+    // The common shape, `/api/vN/...`, is stripped before the rest, which
+    // then may strip a proxy's prefix and another `/api[/vN]`.
+    let mut from = 0;
+    if let Some(rest) = bytes.strip_prefix(b"/api/v") {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > 0 && rest.get(digits) == Some(&b'/') {
+            from = b"/api/v".len() + digits;
+        }
+    }
+
+    // The non-empty segments (`//` says nothing), in one pass, as far as
+    // they matter. Anything up to `api[/vN]` among the first 4 is a
+    // proxy's prefix, and so is a leading `vN`: what was made of the
+    // segments before is dropped when they turn out to be one.
+    let mut slashes = Slashes::new(bytes, from);
+    let mut compiled = Compiled::NEW;
+    let mut start = from;
+    let mut seen = 0;
+    let mut api = false;
+    let mut after_api = false;
+    loop {
+        let at = slashes.next_or_end();
+        if at > start {
+            let seg = &bytes[start..at];
+            if seen < 4 && !api && same_bytes(seg, b"api") {
+                compiled = Compiled::NEW;
+                (api, after_api) = (true, true);
+            } else if (after_api || (seen == 0 && !api)) && is_version(seg) {
+                after_api = false;
+            } else {
+                after_api = false;
+                if !compiled.push(bytes, (start, at)) {
+                    break;
+                }
+            }
+            seen += 1;
+        }
+        if at >= bytes.len() {
+            break;
+        }
+        start = at + 1;
+    }
+
+    let Compiled {
+        codes,
+        count,
+        major,
+        secret,
+        mut limits,
+        ..
+    } = compiled;
+    let shape = Shape {
+        codes: u128::from_le_bytes(codes),
+        len: count as u8,
+    };
     if *method == Method::POST {
-        let callback = count == 4 && top == "interactions" && fourth == "callback";
-        let oauth = count == 2 && top == "oauth2" && second == "token";
+        let callback = count == 4 && compiled.interactions && compiled.callback;
+        let oauth = count == 2 && compiled.oauth2 && compiled.token;
         if callback || oauth {
             limits = Limits::Unlimited;
         }
     }
 
-    let mut compiled = CompiledRoute::new(Route::new(method.clone(), template)).with_limits(limits);
-    if let Some((name, id)) = major {
-        compiled = compiled.with_major(name, id);
+    let template = INTERNED.with(|cell| cell.borrow_mut().get(shape));
+    let value = match major {
+        None => MajorValue::None,
+        Some((name, (a, b))) => match decimal_id(&bytes[a..b]) {
+            Some(id) => MajorValue::Id(name, id),
+            None => MajorValue::Text(format!("{name}={}", &path[a..b]).into()),
+        },
+    };
+    CompiledRoute {
+        route: Route {
+            method: method.clone(),
+            template,
+        },
+        major: Major {
+            value,
+            // The segments are cut at `/`, so on `char` boundaries.
+            secret: secret.map(|(a, b)| fingerprint::webhook_token(&path[a..b])),
+        },
+        limits,
     }
-    if let Some(token) = secret {
-        compiled = compiled.with_secret_major(token);
-    }
-    compiled
 }
 
 #[cfg(test)]
@@ -637,6 +974,265 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn same_literals_as_reference() {
+        assert_eq!(LITERALS, reference::LITERALS);
+        for word in LITERALS {
+            for near in [
+                word.to_uppercase(),
+                format!("{word}s"),
+                format!("x{word}"),
+                word[1..].to_owned(),
+                word[..word.len() - 1].to_owned(),
+            ] {
+                assert_eq!(literal(&near), reference::literal(&near), "{near}");
+            }
+        }
+        // No literal is far from its slot.
+        for word in LITERALS {
+            let mut s = slot(word.as_bytes());
+            let mut probes = 1;
+            while LITERALS[usize::from(LITERAL_SLOTS[s] - 1)] != *word {
+                s = (s + 1) % SLOTS;
+                probes += 1;
+            }
+            assert!(probes <= 2, "{word}: {probes} probes");
+        }
+    }
+
+    /// `PROPTEST_CASES`, or `default`.
+    fn cases(default: u32) -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// The literals the resolver treats apart, and some others.
+    const SPECIAL: &[&str] = &[
+        "webhooks",
+        "interactions",
+        "reactions",
+        "invites",
+        "templates",
+        "channels",
+        "guilds",
+        "users",
+        "callback",
+        "oauth2",
+        "token",
+        "messages",
+        "@me",
+        "@original",
+        "api",
+    ];
+
+    /// One segment: literals, ids (canonical, leading zeros, 20 digits over
+    /// `u64::MAX`, 21 and more), tokens, versions, empty ones, any text.
+    fn segment() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => prop::sample::select(SPECIAL).prop_map(str::to_owned),
+            3 => prop::sample::select(LITERALS).prop_map(str::to_owned),
+            4 => "[1-9][0-9]{0,19}",
+            1 => "0|0[0-9]{1,5}|[1-9][0-9]{19}|18446744073709551615|18446744073709551616",
+            1 => "[0-9]{21,24}",
+            1 => "[A-Za-z0-9_.-]{20,72}",
+            1 => "aW50ZXJhY3Rpb24[A-Za-z0-9_-]{0,20}|aW50ZXJhY3Rpb2",
+            1 => "v[0-9]{0,3}|V1|v1x",
+            2 => Just(String::new()),
+            1 => "[a-z@._-]{1,26}",
+            1 => "\\PC{0,8}",
+            1 => prop::sample::select(LITERALS).prop_map(|w| w.to_uppercase()),
+        ]
+    }
+
+    /// A path: maybe a prefix, then segments (maybe more than a template
+    /// spells out), maybe a trailing `/`, maybe no leading one.
+    fn any_path() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let prefix = prop::sample::select(
+            &[
+                "",
+                "",
+                "/api/v10",
+                "/api/v10",
+                "/api/v9",
+                "/api",
+                "/api/v",
+                "/api/v10/api/v9",
+                "/proxy/api/v10",
+                "/a/b/c/api/v10",
+                "/a/b/c/d/api/v10",
+                "/v10",
+                "api/v10",
+                "/api/v10x",
+            ][..],
+        );
+        let count = prop_oneof![8 => 0..8usize, 1 => 8..30usize];
+        (
+            prefix,
+            count.prop_flat_map(|n| prop::collection::vec(segment(), n)),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(prefix, segments, trailing, leading)| {
+                let mut path = prefix.to_owned();
+                for seg in segments {
+                    path.push('/');
+                    path.push_str(&seg);
+                }
+                if trailing {
+                    path.push('/');
+                }
+                if !leading {
+                    if let Some(rest) = path.strip_prefix('/') {
+                        path = rest.to_owned();
+                    }
+                }
+                path
+            })
+    }
+
+    fn any_method() -> impl proptest::strategy::Strategy<Value = Method> {
+        proptest::sample::select(vec![
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::from_bytes(b"PURGE").expect("an extension method"),
+        ])
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(cases(2_000)))]
+
+        /// The resolver gives exactly what the one it replaced gave
+        /// (`reference.rs`), for any method and path.
+        #[test]
+        fn same_as_reference(method in any_method(), path in any_path()) {
+            let new = resolve(&method, &path);
+            let old = reference::resolve(&method, &path);
+            proptest::prop_assert_eq!(&new, &old, "{:?}", path);
+            proptest::prop_assert_eq!(format!("{new:?}"), format!("{old:?}"));
+        }
+
+        /// Any text at all, too.
+        #[test]
+        fn same_as_reference_on_any_text(path in "\\PC{0,40}|[/a-z0-9v]{0,40}") {
+            for method in [Method::GET, Method::POST] {
+                proptest::prop_assert_eq!(
+                    resolve(&method, &path),
+                    reference::resolve(&method, &path),
+                    "{:?}", path
+                );
+            }
+        }
+
+        /// `Slashes` cuts a path where `split('/')` does.
+        #[test]
+        fn segments_as_split(path in "[/a]{0,40}|\\PC{0,40}", from in 0..4usize) {
+            let from = if path.is_char_boundary(from) { from } else { 0 };
+            let mut slashes = Slashes::new(path.as_bytes(), from);
+            let (mut start, mut found) = (from, Vec::new());
+            loop {
+                let at = slashes.next_or_end();
+                if at > start {
+                    found.push(&path[start..at]);
+                }
+                if at >= path.len() {
+                    break;
+                }
+                start = at + 1;
+            }
+            let split: Vec<&str> = path[from..].split('/').filter(|s| !s.is_empty()).collect();
+            proptest::prop_assert_eq!(found, split);
+        }
+
+        /// `decimal_id` reads the same ids as the one it replaced.
+        #[test]
+        fn decimal_id_as_before(value in "[0-9]{0,22}|[0-9+-]{0,4}|18446744073709551[0-9]{3}|\\PC{0,4}") {
+            proptest::prop_assert_eq!(decimal_id(value.as_bytes()), reference::decimal_id(&value));
+        }
+    }
+
+    #[test]
+    fn same_as_reference_on_known_paths() {
+        for path in [
+            "/api/v10/channels/1/messages",
+            "/api/v10/webhooks/1/aW50ZXJhY3Rpb246abc/messages/@original",
+            "/api/v10/webhooks/1/token/messages/2",
+            "/api/v10/webhooks/01/token",
+            "/api/v10/channels/01/messages",
+            "/api/v10/channels/99999999999999999999/messages",
+            "/api/v10/channels/18446744073709551615/messages",
+            "/api/v10/channels/18446744073709551616/messages",
+            "/api/v10/channels/123456789012345678901/messages",
+            "/api/v10/interactions/1/aW50ZXJhY3Rpb246abc/callback",
+            "/api/v10/interactions/1/aW50ZXJhY3Rpb246abc/callback/",
+            "/api/v10/interactions/x/reactions/callback",
+            "/api/v10/oauth2/token",
+            "//oauth2//token//",
+            "/api/v10/api/v9/oauth2/token",
+            "/x/y/z/w/api/v10/channels/1",
+            "/api/v10",
+            "/api/v10/",
+            "v10",
+            "",
+        ] {
+            for method in [Method::GET, Method::POST, Method::DELETE] {
+                assert_eq!(
+                    resolve(&method, path),
+                    reference::resolve(&method, path),
+                    "{path}"
+                );
+            }
+        }
+        let long = "/channels/1".to_owned() + &"/messages/2".repeat(50);
+        for prefix in ["", "/api/v10", "/a/b/c/api/v1", "/a/api"] {
+            let path = format!("{prefix}{long}");
+            assert_eq!(
+                resolve(&Method::GET, &path),
+                reference::resolve(&Method::GET, &path),
+                "{path}"
+            );
+        }
+    }
+
+    /// Templates are interned by shape, a bounded number per thread, so
+    /// that hostile paths cannot grow memory without end.
+    #[test]
+    fn interned_templates_are_bounded() {
+        let words: Vec<&str> = LITERALS.iter().copied().take(20).collect();
+        let mut seen = 0;
+        for a in &words {
+            for b in &words {
+                for c in &words {
+                    let path = format!("/{a}/{b}/{c}/x");
+                    let _ = resolve(&Method::GET, &path);
+                    seen += 1;
+                    let len = INTERNED.with(|cell| cell.borrow().by_shape.len());
+                    assert!(len <= MAX_INTERNED, "{len}");
+                }
+            }
+        }
+        assert!(seen > MAX_INTERNED);
+        // And a known shape does not add one.
+        let before = INTERNED.with(|cell| cell.borrow().by_shape.len());
+        let first = resolve(&Method::GET, "/channels/1/messages");
+        let len = INTERNED.with(|cell| cell.borrow().by_shape.len());
+        let second = resolve(&Method::GET, "/channels/2/messages");
+        assert_eq!(INTERNED.with(|cell| cell.borrow().by_shape.len()), len);
+        assert!(len <= before + 1);
+        assert!(Arc::ptr_eq(
+            &first.route().template,
+            &second.route().template
+        ));
     }
 
     #[test]
