@@ -450,8 +450,51 @@ fn count(name: &str, value: &HeaderValue) -> Option<u32> {
     }
 }
 
+/// A wait of plain digits (`3600.000`, `0.25`, `5`) of at most 15 digits,
+/// 9 of them after the point, and at most [`MAX_WAIT`], as its exact
+/// `Duration`: the `Duration` `to_duration` gives for the parsed `f64`,
+/// which is rounded to the nearest nanosecond and off the exact value by
+/// less than 0.01 ns at this size. Anything else is `None`, for the `f64`
+/// path to decide.
+fn plain_secs(bytes: &[u8]) -> Option<Duration> {
+    if bytes.is_empty() || bytes.len() > 16 {
+        return None;
+    }
+    let (int, frac) = match bytes.iter().position(|&b| b == b'.') {
+        Some(dot) if dot > 0 && dot + 1 < bytes.len() => (&bytes[..dot], &bytes[dot + 1..]),
+        Some(_) => return None,
+        None => (bytes, &[][..]),
+    };
+    if int.len() + frac.len() > 15 || frac.len() > 9 {
+        return None;
+    }
+    let mut secs = 0u64;
+    for &b in int {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        secs = secs * 10 + u64::from(b - b'0');
+    }
+    let mut nanos = 0u32;
+    for &b in frac {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        nanos = nanos * 10 + u32::from(b - b'0');
+    }
+    for _ in frac.len()..9 {
+        nanos *= 10;
+    }
+    let wait = Duration::new(secs, nanos);
+    (wait <= MAX_WAIT).then_some(wait)
+}
+
 fn secs(name: &str, value: &HeaderValue) -> Option<Duration> {
-    if let Some(n) = plain_decimal(trimmed(value)) {
+    let bytes = trimmed(value);
+    if let Some(wait) = plain_secs(bytes) {
+        return Some(wait);
+    }
+    if let Some(n) = plain_decimal(bytes) {
         return to_duration(n, name);
     }
     let raw = text(name, value)?;
@@ -765,7 +808,7 @@ mod tests {
         /// bit, or leave the value to it.
         #[test]
         fn plain_parsers_agree_with_str_parse(
-            text in "[ \t]{0,2}[+0-9.eE-]{0,18}[ \t]{0,2}|[0-9]{1,12}\\.[0-9]{1,6}|[0-9]{1,10}",
+            text in "[ \t]{0,2}[+0-9.eE-]{0,18}[ \t]{0,2}|[0-9]{1,12}\\.[0-9]{1,10}|[0-9]{1,10}|[0-9]{1,6}\\.[0-9]{9,10}",
         ) {
             let value = HeaderValue::from_str(&text).unwrap();
             let raw = text.trim();
@@ -777,6 +820,11 @@ mod tests {
             }
             proptest::prop_assert_eq!(number("n", &value), raw.parse::<f64>().ok().filter(|n| n.is_finite() && *n >= 0.0));
             proptest::prop_assert_eq!(count("n", &value), raw.parse::<u32>().ok());
+            let slow = raw.parse::<f64>().ok().and_then(|n| to_duration(n, "n"));
+            if let Some(wait) = plain_secs(trimmed(&value)) {
+                proptest::prop_assert_eq!(Some(wait), slow, "{:?}", text);
+            }
+            proptest::prop_assert_eq!(secs("n", &value), slow, "{:?}", text);
         }
 
         /// ARCHITECTURE.md §4.8: no header value or 429 body panics, and
