@@ -122,7 +122,7 @@ async fn limited(
     next: Next<'_>,
 ) -> Result<Response> {
     use reqwest_middleware::Error as MwError;
-    let mut permit = match limiter.acquire(route, auth, span) {
+    let mut permit = match limiter.clone().acquire(route, auth, span) {
         Ok(Acquire::Ready(permit)) => permit,
         Ok(Acquire::Wait(wait)) => wait.await.map_err(MwError::middleware)?,
         Err(error) => return Err(MwError::middleware(error)),

@@ -132,6 +132,10 @@ pub struct Stats {
     pub store_degraded: bool,
 }
 
+// Aligned to two cache lines, so that the `Arc`'s counts, which every
+// clone and drop of a `Limiter` writes, do not share a line with the
+// settings and flags every request of every thread reads.
+#[repr(align(128))]
 struct Shared {
     config: Config,
     store: Arc<dyn Store>,
@@ -442,12 +446,12 @@ impl Limiter {
     }
 
     /// Asks for a slot: granted now, or a future that waits for one.
-    fn start(&self, route: CompiledRoute, auth: AuthHash) -> Result<Start, Error> {
+    fn start(self, route: CompiledRoute, auth: AuthHash) -> Result<Start, Error> {
         crate::metrics::request(route.limits());
         counted(self.start_uncounted(route, auth))
     }
 
-    fn start_uncounted(&self, route: CompiledRoute, auth: AuthHash) -> Result<Start, Error> {
+    fn start_uncounted(self, route: CompiledRoute, auth: AuthHash) -> Result<Start, Error> {
         let shared = &self.shared;
         if shared.is_closed() {
             return Err(Error::Closed);
@@ -468,6 +472,12 @@ impl Limiter {
             }
         };
         match answer {
+            Some(Acquired::Granted(lease)) => {
+                // The usual way: the ticket keeps this limiter's `Arc`.
+                drop(asking);
+                let global_limits = route.limits() == Limits::All;
+                Ok(Start::Go(Ticket::owning(self.shared, lease, global_limits)))
+            }
             Some(answer) => first_answer(shared, route, auth, answer, &asking),
             None => Ok(Start::Wait(Box::pin(acquire_later(
                 Arc::clone(shared),

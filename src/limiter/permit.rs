@@ -58,8 +58,11 @@ impl Limiter {
     /// granted now, a wait, or the limiter's refusal (closed, a known wait
     /// longer than `max_rate_limit`, an invalid-request ceiling). A route no
     /// limit applies to gets a pass, which still counts its answer.
+    ///
+    /// The limiter is the request's own clone: a permit granted at once
+    /// keeps it (ARCHITECTURE.md §2.2).
     pub(crate) fn acquire(
-        &self,
+        self,
         route: CompiledRoute,
         auth: AuthHash,
         span: &Span,

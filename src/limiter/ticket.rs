@@ -41,8 +41,15 @@ impl fmt::Debug for Ticket {
 
 impl Ticket {
     pub(super) fn new(shared: &Arc<Shared>, grant: Lease, global_limits: bool) -> Self {
+        Self::owning(Arc::clone(shared), grant, global_limits)
+    }
+
+    /// As [`new`](Self::new), keeping `shared` itself: no count of the
+    /// `Arc` changes, the one cache line every request of every thread
+    /// would otherwise write.
+    pub(super) fn owning(shared: Arc<Shared>, grant: Lease, global_limits: bool) -> Self {
         Self {
-            shared: Arc::clone(shared),
+            shared,
             auth: grant.key().auth(),
             grant: Some(grant),
             global_limits,
