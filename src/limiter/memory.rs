@@ -433,11 +433,9 @@ impl Manager {
         }
         // The bucket that answered: the one its hash names.
         let key = match facts.bucket {
-            Some(hash) => BucketKey {
-                id: BucketId::Hash(Arc::from(hash)),
-                major: key.major.clone(),
-                auth: key.auth,
-            },
+            Some(hash) => {
+                BucketKey::new(BucketId::Hash(Arc::from(hash)), key.major.clone(), key.auth)
+            }
             None => key.clone(),
         };
         if let Some(bucket) = self.buckets.get_mut(&key) {
@@ -641,11 +639,8 @@ impl Manager {
                 hash
             }
         };
-        let target = (!matches!(&key.id, BucketId::Hash(h) if **h == *known)).then(|| BucketKey {
-            id: BucketId::Hash(known),
-            major: key.major.clone(),
-            auth: key.auth,
-        });
+        let target = (!matches!(&key.id, BucketId::Hash(h) if **h == *known))
+            .then(|| BucketKey::new(BucketId::Hash(known), key.major.clone(), key.auth));
         Learned {
             target,
             carry,
@@ -915,11 +910,7 @@ fn check_ceiling(
 
 /// The key of `route`'s own probe while its hash is unknown.
 fn probe_key(route: &Route, key: &BucketKey) -> BucketKey {
-    BucketKey {
-        id: BucketId::Route(route.clone()),
-        major: key.major.clone(),
-        auth: key.auth,
-    }
+    BucketKey::new(BucketId::Route(route.clone()), key.major.clone(), key.auth)
 }
 
 /// The template of Discord's own-reaction routes, whose `PUT` and `DELETE`
@@ -961,11 +952,7 @@ fn key_for(
     waiters: &dyn Waiters,
     now: Instant,
 ) -> (BucketKey, bool) {
-    let key_of = |id: BucketId| BucketKey {
-        id,
-        major: route.major().clone(),
-        auth,
-    };
+    let key_of = |id: BucketId| BucketKey::new(id, route.major().clone(), auth);
     if let Some(hash) = routes.get(route.route()) {
         let key = key_of(BucketId::Hash(Arc::clone(hash)));
         if !buckets.contains_key(&key) {
@@ -1445,11 +1432,11 @@ mod tests {
 
     /// The hash key `hash` of the route `lease` was granted for.
     fn hash_key(lease: &Lease, hash: &str) -> BucketKey {
-        BucketKey {
-            id: BucketId::Hash(Arc::from(hash)),
-            major: lease.key().major.clone(),
-            auth: lease.key().auth,
-        }
+        BucketKey::new(
+            BucketId::Hash(Arc::from(hash)),
+            lease.key().major.clone(),
+            lease.key().auth,
+        )
     }
 
     /// ARCHITECTURE.md §4.1, §4.5: an answer's hash is learned for its

@@ -125,17 +125,60 @@ pub enum BucketId {
 
 /// Where a quota lives: (bucket hash or route, major parameters,
 /// authentication).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// The key carries its own hash, computed once when it is made: a request
+/// looks its key up several times (its bucket, its queue, the bucket again
+/// at the answer), each then without hashing the bucket hash's text.
+#[derive(Clone)]
 pub struct BucketKey {
     pub(crate) id: BucketId,
     pub(crate) major: Major,
     pub(crate) auth: AuthHash,
+    /// FxHash of the three above; never changed after `new`.
+    hash: u64,
+}
+
+impl PartialEq for BucketKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash
+            && self.auth == other.auth
+            && self.id == other.id
+            && self.major == other.major
+    }
+}
+
+impl Eq for BucketKey {}
+
+impl std::hash::Hash for BucketKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl fmt::Debug for BucketKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BucketKey")
+            .field("id", &self.id)
+            .field("major", &self.major)
+            .field("auth", &self.auth)
+            .finish()
+    }
 }
 
 impl BucketKey {
     /// A key from its parts.
     pub fn new(id: BucketId, major: Major, auth: AuthHash) -> Self {
-        Self { id, major, auth }
+        use std::hash::{Hash, Hasher};
+        let mut hasher = rustc_hash::FxHasher::default();
+        id.hash(&mut hasher);
+        major.hash(&mut hasher);
+        auth.hash(&mut hasher);
+        Self {
+            hash: hasher.finish(),
+            id,
+            major,
+            auth,
+        }
     }
 
     /// The bucket hash or route.
