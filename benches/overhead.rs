@@ -1,5 +1,6 @@
 //! What the layer costs: per request over a bare in-process service on a
-//! known bucket with headroom (as a ratio in the same run), per request
+//! known bucket with headroom (as a ratio in the same run; and without the
+//! `RateLimitInfo` extension, `layered_without_info`), per request
 //! spread over 1, 1,000 and 100,000 buckets and over 1 or 1,000 tokens,
 //! from 64 tasks on one and on two tokio workers, and waiting at a
 //! saturated global limit. (`benches/memory.rs` counts the bytes,
@@ -69,6 +70,22 @@ fn per_request(c: &mut Criterion) {
     group.bench_function("layered", |b| {
         b.to_async(&rt).iter(|| {
             let mut svc = layered.clone();
+            async move { send(&mut svc, 1).await }
+        })
+    });
+    // The same without the `RateLimitInfo` extension on every response
+    // (`Builder::response_info(false)`): no allocation in the layer.
+    let without_info = rt.block_on(async {
+        let layer = RateLimitLayer::builder()
+            .global_limit(None)
+            .expire_after(Duration::from_secs(3600))
+            .response_info(false)
+            .build();
+        tower::Layer::layer(&layer, Discord(ENDLESS))
+    });
+    group.bench_function("layered_without_info", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut svc = without_info.clone();
             async move { send(&mut svc, 1).await }
         })
     });
