@@ -182,3 +182,28 @@ async fn each_token_is_limited_on_its_own_and_never_shown() {
         assert!(!text.contains("SECRET"), "a token shows:\n{text}");
     }
 }
+
+/// A client speaking HTTP/2 (prior knowledge) to the proxy: the proxy
+/// answers in HTTP/2 and sends on in HTTP/1.1 (the simulator's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_is_served() {
+    let (sim, upstream) = sim_with_messages(5, Duration::from_secs(1)).start();
+    let proxy = proxy(upstream, |_| {}).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let sends: Vec<_> = (1..=10)
+        .map(|channel| {
+            let path = discord_sim::messages(channel);
+            client.request(request(Method::POST, proxy.addr(), &path, Some("Bot h2")))
+        })
+        .collect();
+    for send in sends {
+        let response = bounded("an HTTP/2 request", send).await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.status(), 200);
+        assert!(response.headers().get("x-ratelimit-bucket").is_some());
+    }
+    assert_eq!(sim.requests().len(), 10);
+    proxy.shutdown().await;
+}
