@@ -30,6 +30,11 @@ pub struct Config {
     #[arg(long, env = "RATELIMIT_PROXY_UPSTREAM", default_value = "https://discord.com", value_parser = parse_upstream)]
     pub upstream: Uri,
 
+    /// A PEM file of certificates to trust for the upstream's TLS besides
+    /// the built-in web roots (a TLS-terminating gateway, a test server).
+    #[arg(long, env = "RATELIMIT_PROXY_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<std::path::PathBuf>,
+
     /// Redis URL (`redis://host:6379`) to share limits with the other
     /// instances using the same Redis, prefix and secret. Without it, limits
     /// live in this process.
@@ -115,9 +120,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// The defaults, to `upstream`; listening on `127.0.0.1:0` (a free
-    /// port: [`Running::addr`](crate::Running::addr) tells which), metrics
-    /// off.
+    /// The defaults (the `RATELIMIT_PROXY_*` environment variables
+    /// apply), to `upstream`; listening on `127.0.0.1:0` (a free port:
+    /// [`Running::addr`](crate::Running::addr) tells which), metrics off.
     pub fn new(upstream: Uri) -> Self {
         let mut config = Config::parse_from(["discord-ratelimit-proxy"]);
         config.upstream = upstream;
@@ -141,6 +146,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("upstream", &self.upstream)
+            .field("upstream_ca_file", &self.upstream_ca_file)
             .field("redis", &self.redis_url.is_some())
             .field("redis_prefix", &self.redis_prefix)
             .field("redis_fail_closed", &self.redis_fail_closed)

@@ -59,6 +59,8 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     /// The Redis settings are invalid (the URL, the prefix).
     Redis(String),
+    /// The upstream's TLS settings are invalid (`--upstream-ca-file`).
+    Tls(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -66,6 +68,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             StartError::Redis(e) => write!(f, "invalid Redis settings: {e}"),
+            StartError::Tls(e) => write!(f, "invalid TLS settings: {e}"),
         }
     }
 }

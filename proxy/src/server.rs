@@ -23,8 +23,8 @@ use tower::ServiceExt;
 use tower_rest_ratelimit::route::{DiscordResolver, RouteResolver};
 use tower_rest_ratelimit::{Limiter, RateLimit, ResponseBody};
 
-use crate::respond::{classify, proxy_response, reason_of, strip_hop_by_hop, Reason};
-use crate::upstream::{client, Upstream, UpstreamClient};
+use crate::respond::{classify, proxy_response, reason_of, strip_hop_by_hop, Reason, PROXY_HEADER};
+use crate::upstream::{client, read_pem, Upstream, UpstreamClient};
 use crate::{metrics, Config, Limiters, StartError};
 
 /// The body of every response: the upstream's, streamed, or the proxy's.
@@ -101,6 +101,11 @@ impl Running {
 }
 
 pub(crate) async fn start(config: Config, limiters: Limiters) -> Result<Running, StartError> {
+    let roots = match &config.upstream_ca_file {
+        Some(path) => read_pem(path).map_err(StartError::Tls)?,
+        None => Vec::new(),
+    };
+    let client = client(&roots).map_err(StartError::Tls)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| StartError::Bind(config.listen, e))?;
@@ -110,7 +115,7 @@ pub(crate) async fn start(config: Config, limiters: Limiters) -> Result<Running,
     let (tx, rx) = watch::channel(false);
     let state = Arc::new(State {
         limiters: limiters.clone(),
-        client: client(),
+        client,
         upstream: Upstream::new(&config.upstream),
         timeout: config.request_timeout,
         shutting_down: AtomicBool::new(false),
@@ -242,6 +247,8 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Proxy
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                // Only the proxy's own answers carry it.
+                parts.headers.remove(PROXY_HEADER);
                 Response::from_parts(parts, Either::Left(body))
             }
             Ok(Err(error)) => {

@@ -11,29 +11,56 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::CertificateDer;
+use rustls::RootCertStore;
 
 use crate::respond::strip_hop_by_hop;
 
 /// The upstream client: request bodies stream through as they come.
 pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
 
-pub(crate) fn client() -> UpstreamClient {
+/// The client; `extra_roots`: certificates trusted besides the web roots.
+pub(crate) fn client(extra_roots: &[CertificateDer<'static>]) -> Result<UpstreamClient, String> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let mut roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra_roots {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("an upstream CA certificate is invalid: {e}"))?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .expect("ring supports the default TLS versions")
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
+    Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
+        .build(connector))
+}
+
+/// The certificates of a PEM file.
+pub(crate) fn read_pem(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", path.display()));
+    }
+    Ok(certs)
 }
 
 /// Where requests go: the upstream's scheme and authority.
@@ -69,6 +96,8 @@ impl Upstream {
             .expect("a valid URI from valid parts");
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
+        // The proxy answered `Expect: 100-continue` to its client already.
+        parts.headers.remove(header::EXPECT);
         // The client's version is between it and us: the upstream's is
         // negotiated (ALPN).
         parts.version = Version::HTTP_11;
