@@ -148,6 +148,8 @@ fn upstream() -> SocketAddr {
         while let Ok((stream, _)) = listener.accept().await {
             let service = service_fn(|request: Request<Incoming>| async move {
                 let response = Response::builder()
+                    // Only the proxy's own answers may carry it.
+                    .header("x-ratelimit-proxy", "not-the-proxy")
                     .header("x-ratelimit-bucket", "upload")
                     .header("x-ratelimit-limit", "5")
                     .header("x-ratelimit-remaining", "4")
@@ -236,6 +238,7 @@ async fn twenty_megabytes_stream_both_ways_in_bounded_memory() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-ratelimit-bucket"], "upload");
+    assert!(response.headers().get("x-ratelimit-proxy").is_none());
     let mut body = response.into_body();
     let mut fnv = Fnv::new();
     while let Some(frame) = bounded("a frame", body.frame()).await {
