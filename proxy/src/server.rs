@@ -37,6 +37,9 @@ struct State {
     upstream: Upstream,
     timeout: Duration,
     shutting_down: AtomicBool,
+    /// Set once the proxy stopped: `/metrics` and `/health` answer until
+    /// then (`/health` with 503 while it drains).
+    stopped: watch::Sender<bool>,
 }
 
 /// A running proxy: where it listens, and how to stop it.
@@ -119,6 +122,7 @@ pub(crate) async fn start(config: Config, limiters: Limiters) -> Result<Running,
         upstream: Upstream::new(&config.upstream),
         timeout: config.request_timeout,
         shutting_down: AtomicBool::new(false),
+        stopped: watch::channel(false).0,
     });
     let metrics_addr = match config.metrics_listen.0 {
         Some(listen) => {
@@ -128,7 +132,8 @@ pub(crate) async fn start(config: Config, limiters: Limiters) -> Result<Running,
             let bound = listener
                 .local_addr()
                 .map_err(|e| StartError::Bind(listen, e))?;
-            tokio::spawn(serve_metrics(listener, Arc::clone(&state), rx.clone()));
+            let stopped = state.stopped.subscribe();
+            tokio::spawn(serve_metrics(listener, Arc::clone(&state), stopped));
             Some(bound)
         }
         None => None,
@@ -215,6 +220,7 @@ async fn serve(
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
+    state.stopped.send_replace(true);
     tracing::info!("stopped");
 }
 
@@ -289,7 +295,7 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Proxy
     response
 }
 
-/// `/metrics` and `/health`, until the shutdown.
+/// `/metrics` and `/health`, until the proxy stopped.
 async fn serve_metrics(
     listener: TcpListener,
     state: Arc<State>,

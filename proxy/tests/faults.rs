@@ -13,7 +13,7 @@ use discord_sim::Simulator;
 use http::Method;
 use support::{bounded, proxy, request, send, until, BOUND};
 use tokio::io::AsyncWriteExt;
-use tower_rest_ratelimit_proxy::PROXY_HEADER;
+use tower_rest_ratelimit_proxy::{MetricsListen, PROXY_HEADER};
 
 const MESSAGES: &str = "/channels/{channel_id}/messages";
 
@@ -109,6 +109,48 @@ async fn client_gone_mid_wait_gives_its_turn_back() {
     assert_eq!(seen.len(), 2, "the gone request was sent: {seen:?}");
     assert_eq!(sim.count_429(), 0);
     proxy.shutdown().await;
+}
+
+/// While the proxy drains, `/health` says so (503 `stopping`) and new
+/// connections are refused; once its last request is gone, it stops, and
+/// so does `/health`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_stopping_while_draining() {
+    let (sim, upstream) = Simulator::new().latency(Duration::from_secs(600)).start();
+    let proxy = proxy(upstream, |config| {
+        config.metrics_listen = MetricsListen(Some(([127, 0, 0, 1], 0).into()));
+        config.shutdown_grace = Duration::from_secs(600);
+    })
+    .await;
+    let (addr, metrics) = (proxy.addr(), proxy.metrics_addr().unwrap());
+    // A raw client, whose request stays at the (slow) upstream.
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let raw =
+        format!("GET /api/v10/users/@me HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bot t\r\n\r\n");
+    client.write_all(raw.as_bytes()).await.unwrap();
+    until("the request at the upstream", || sim.in_flight() == 1).await;
+
+    proxy.shutdown_handle().shutdown();
+    loop {
+        let health = send(request(Method::GET, metrics, "/health", None)).await;
+        if health.status() == 503 {
+            let body: serde_json::Value = serde_json::from_slice(health.body()).unwrap();
+            assert_eq!(body["status"], "stopping");
+            assert_eq!(body["in_flight"], 1);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+
+    // The client hangs up: nothing is left, the proxy stops.
+    drop(client);
+    bounded("the proxy stops", proxy.wait()).await;
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while tokio::net::TcpStream::connect(metrics).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "/health still up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The binary on SIGTERM: new connections refused, requests sent upstream
