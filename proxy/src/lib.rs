@@ -190,4 +190,21 @@ mod tests {
         let junk = http::HeaderValue::from_static("Bot !!!.x.y");
         assert_eq!(bot_id(&junk), None);
     }
+
+    #[tokio::test]
+    async fn an_overridden_bot_has_a_limiter_of_its_own() {
+        let mut config = Config::new("http://127.0.0.1:1".parse().unwrap());
+        config.global_limit_overrides = vec![GlobalLimitOverride {
+            bot_id: 80351110224678912,
+            limit: 1200,
+        }];
+        let limiters = Limiters::new(&config).unwrap();
+        let bot = http::HeaderValue::from_static("Bot ODAzNTExMTAyMjQ2Nzg5MTI.GhIjKl.secret");
+        let other = http::HeaderValue::from_static("Bot T3RoZXI.x.y");
+        let of =
+            |value: Option<&http::HeaderValue>| format!("{:?}", limiters.for_authorization(value));
+        assert!(of(Some(&bot)).contains("global_per_second: Some(1200)"));
+        assert!(of(Some(&other)).contains("global_per_second: Some(50)"));
+        assert!(of(None).contains("global_per_second: Some(50)"));
+    }
 }
