@@ -367,14 +367,10 @@ const POW10: [f64; 16] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
 ];
 
-/// The value of a plain decimal (`3600.000`, `1900000000.123`, `5`) of at
-/// most 15 digits, without going through `str::parse`: the digits are an
-/// integer below 2^53 and the divisor a power of ten exact in an `f64`, so
-/// one division gives the correctly rounded value, the very `f64`
-/// `str::parse` gives (the fast path of every correct parser). Anything
-/// else (a sign, an exponent, more digits, junk) is `None`, for
-/// `str::parse` to decide.
-fn plain_decimal(bytes: &[u8]) -> Option<f64> {
+/// The integer and fraction digits of a plain decimal (`3600.000`, `5`)
+/// of at most 15 digits in all, not yet checked to be digits; `None` for
+/// anything longer, empty, or with a point first or last.
+fn plain_parts(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     if bytes.is_empty() || bytes.len() > 16 {
         return None;
     }
@@ -383,9 +379,18 @@ fn plain_decimal(bytes: &[u8]) -> Option<f64> {
         Some(_) => return None,
         None => (bytes, &[][..]),
     };
-    if int.len() + frac.len() > 15 {
-        return None;
-    }
+    (int.len() + frac.len() <= 15).then_some((int, frac))
+}
+
+/// The value of a plain decimal (`3600.000`, `1900000000.123`, `5`) of at
+/// most 15 digits, without going through `str::parse`: the digits are an
+/// integer below 2^53 and the divisor a power of ten exact in an `f64`, so
+/// one division gives the correctly rounded value, the very `f64`
+/// `str::parse` gives (the fast path of every correct parser). Anything
+/// else (a sign, an exponent, more digits, junk) is `None`, for
+/// `str::parse` to decide.
+fn plain_decimal(bytes: &[u8]) -> Option<f64> {
+    let (int, frac) = plain_parts(bytes)?;
     let mut mantissa = 0u64;
     for &b in int.iter().chain(frac) {
         if !b.is_ascii_digit() {
@@ -457,15 +462,8 @@ fn count(name: &str, value: &HeaderValue) -> Option<u32> {
 /// less than 0.01 ns at this size. Anything else is `None`, for the `f64`
 /// path to decide.
 fn plain_secs(bytes: &[u8]) -> Option<Duration> {
-    if bytes.is_empty() || bytes.len() > 16 {
-        return None;
-    }
-    let (int, frac) = match bytes.iter().position(|&b| b == b'.') {
-        Some(dot) if dot > 0 && dot + 1 < bytes.len() => (&bytes[..dot], &bytes[dot + 1..]),
-        Some(_) => return None,
-        None => (bytes, &[][..]),
-    };
-    if int.len() + frac.len() > 15 || frac.len() > 9 {
+    let (int, frac) = plain_parts(bytes)?;
+    if frac.len() > 9 {
         return None;
     }
     let mut secs = 0u64;

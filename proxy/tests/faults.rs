@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use discord_sim::Simulator;
 use http::Method;
-use support::{bounded, proxy, request, send, until, BOUND};
+use support::{bounded, get_me, proxy, request, send, until, BOUND};
 use tokio::io::AsyncWriteExt;
 use tower_rest_ratelimit_proxy::{MetricsListen, PROXY_HEADER};
 
@@ -24,13 +24,7 @@ async fn upstream_down_is_a_502_of_the_proxy() {
     let upstream = closed.local_addr().unwrap();
     drop(closed);
     let proxy = proxy(upstream, |_| {}).await;
-    let response = send(request(
-        Method::GET,
-        proxy.addr(),
-        "/api/v10/users/@me",
-        Some("Bot t"),
-    ))
-    .await;
+    let response = get_me(proxy.addr(), "Bot t").await;
     assert_eq!(response.status(), 502);
     assert_eq!(response.headers()[PROXY_HEADER], "upstream-connect");
     let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
@@ -50,13 +44,7 @@ async fn slow_upstream_is_a_504_at_the_timeout() {
     })
     .await;
     let started = std::time::Instant::now();
-    let response = send(request(
-        Method::GET,
-        proxy.addr(),
-        "/api/v10/users/@me",
-        Some("Bot t"),
-    ))
-    .await;
+    let response = get_me(proxy.addr(), "Bot t").await;
     assert_eq!(response.status(), 504);
     assert_eq!(response.headers()[PROXY_HEADER], "timeout");
     // Bounded by the timeout (plus a loaded machine's slack), not the

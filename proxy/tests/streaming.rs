@@ -17,7 +17,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{bounded, proxy};
+use support::{bounded, listener, proxy};
 
 /// Counts live heap bytes and their peak.
 struct Counting;
@@ -140,10 +140,7 @@ const TAIL: &[u8] = b"\r\n--boundary--\r\n";
 /// read as it comes and answered with its length and hash; a GET is
 /// answered with 20 MB.
 fn upstream() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let (listener, addr) = listener();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let service = service_fn(|request: Request<Incoming>| async move {

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use support::{request, send};
+use support::{get_me, listener, request, send};
 use tower_rest_ratelimit_proxy::{Config, Proxy, PROXY_HEADER};
 
 /// A TLS server for `localhost` offering `alpn`, answering with the
@@ -37,10 +37,7 @@ fn upstream(alpn: &[&[u8]]) -> (SocketAddr, String) {
     .unwrap();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let (listener, addr) = listener();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
@@ -149,13 +146,7 @@ async fn an_untrusted_upstream_is_a_502() {
             .unwrap(),
     );
     let proxy = Proxy::start(config).await.unwrap();
-    let response = send(request(
-        Method::GET,
-        proxy.addr(),
-        "/api/v10/users/@me",
-        Some("Bot tls"),
-    ))
-    .await;
+    let response = get_me(proxy.addr(), "Bot tls").await;
     assert_eq!(response.status(), 502);
     assert_eq!(response.headers()[PROXY_HEADER], "upstream-connect");
     proxy.shutdown().await;

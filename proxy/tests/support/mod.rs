@@ -54,6 +54,28 @@ pub fn request(
     builder.body(Full::default()).unwrap()
 }
 
+/// `GET /api/v10/users/@me` through the proxy at `addr` with
+/// `authorization`, its whole answer.
+pub async fn get_me(addr: SocketAddr, authorization: &str) -> Response<Bytes> {
+    send(request(
+        Method::GET,
+        addr,
+        "/api/v10/users/@me",
+        Some(authorization),
+    ))
+    .await
+}
+
+/// A tokio listener on a free port of 127.0.0.1, and its address; for an
+/// upstream of a test's own. Made outside a runtime's worker, so that a
+/// test can bind before it spawns.
+pub fn listener() -> (tokio::net::TcpListener, SocketAddr) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    (tokio::net::TcpListener::from_std(listener).unwrap(), addr)
+}
+
 /// Sends `request` and reads the whole answer.
 pub async fn send(request: Request<Full<Bytes>>) -> Response<Bytes> {
     let response = tokio::time::timeout(BOUND, client().request(request))
