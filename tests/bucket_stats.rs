@@ -8,37 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderValue, Method, Request};
+use http_body_util::Full;
 use support::{
-    client, request, sim_with_messages, tick_clock, within, Override, MESSAGES_HASH, MESSAGES_ROUTE,
+    layered, request, send, sim_with_messages, tick_clock, within, Override, MESSAGES_HASH,
+    MESSAGES_ROUTE,
 };
-use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rest_ratelimit::route::Route;
 use tower_rest_ratelimit::store::BucketId;
-use tower_rest_ratelimit::{AuthHash, BoxError, Limiter, RateLimitLayer};
+use tower_rest_ratelimit::{AuthHash, Limiter};
 
 const TOKEN: &str = "stats-secret-token";
-
-type Client = tower_rest_ratelimit::RateLimit<
-    hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
->;
-
-fn layered(limiter: &Limiter) -> Client {
-    ServiceBuilder::new()
-        .layer(RateLimitLayer::with_limiter(limiter.clone()))
-        .service(client())
-}
-
-async fn send(mut svc: Client, req: Request<Full<Bytes>>) -> Result<StatusCode, BoxError> {
-    let response = svc.ready().await?.call(req).await?;
-    let status = response.status();
-    let _ = response.into_body().collect().await;
-    Ok(status)
-}
 
 fn post(addr: &str, channel: u64, token: &str) -> Request<Full<Bytes>> {
     let path = format!("/api/v10/channels/{channel}/messages");

@@ -15,17 +15,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Method, Request};
+use http_body_util::Full;
 use support::{
-    client, request, sim_with_messages, tick_clock, within, MetricsRecorder, Override, Simulator,
+    layered, request, send, sim_with_messages, tick_clock, within, MetricsRecorder, Override,
+    Simulator,
 };
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceExt};
 use tower_rest_ratelimit::metrics::{
     ALL, BUCKETS, ERRORS, INVALID_REQUESTS, IN_FLIGHT, REQUESTS, TOO_MANY_REQUESTS, WAITERS, WAITS,
     WAIT_SECONDS,
 };
-use tower_rest_ratelimit::{BoxError, Error, Limiter, RateLimitLayer};
+use tower_rest_ratelimit::{BoxError, Error, Limiter};
 
 const TOKEN: &str = "metrics-secret-token";
 
@@ -73,27 +74,6 @@ fn assert_bounded_labels(recorder: &MetricsRecorder) {
             assert!(!value.contains(TOKEN), "a token in a label: {series:?}");
         }
     }
-}
-
-type Client = tower_rest_ratelimit::RateLimit<
-    hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
->;
-
-fn layered(limiter: &Limiter) -> Client {
-    ServiceBuilder::new()
-        .layer(RateLimitLayer::with_limiter(limiter.clone()))
-        .service(client())
-}
-
-/// Sends one request and reads its body; the status, or the error.
-async fn send(mut svc: Client, req: Request<Full<Bytes>>) -> Result<StatusCode, BoxError> {
-    let response = svc.ready().await?.call(req).await?;
-    let status = response.status();
-    let _ = response.into_body().collect().await;
-    Ok(status)
 }
 
 fn post(addr: &str, channel: u64) -> Request<Full<Bytes>> {

@@ -40,6 +40,23 @@ pub fn idle(stats: &Stats) -> bool {
     stats.in_flight == 0 && stats.waiters == 0
 }
 
+/// The layer on `limiter` over a plain HTTP client of the simulator's.
+pub type Layered = tower_rest_ratelimit::RateLimit<
+    hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+>;
+
+/// A layer on (a clone of) `limiter` over a plain HTTP client.
+pub fn layered(limiter: &tower_rest_ratelimit::Limiter) -> Layered {
+    tower::ServiceBuilder::new()
+        .layer(tower_rest_ratelimit::RateLimitLayer::with_limiter(
+            limiter.clone(),
+        ))
+        .service(super::client())
+}
+
 /// Sends one request through `svc` (ready, then call), reads the whole
 /// body, and returns the status.
 pub async fn send<S, B>(svc: S, req: Request<Full<Bytes>>) -> Result<u16, BoxError>

@@ -45,7 +45,7 @@ pub use self::clock::{gaps, settle, tick_clock, within, HANG, TICK};
 #[allow(unused_imports)]
 pub use self::frames::{create_message, steps, user_429, FrameError, Frames, Step};
 #[allow(unused_imports)]
-pub use self::helpers::{auth, idle, ms, pins, secs, send, statuses};
+pub use self::helpers::{auth, idle, layered, ms, pins, secs, send, statuses, Layered};
 #[allow(unused_imports)]
 pub use self::recorder::{record_events, record_events_at, Recorder};
 #[allow(unused_imports)]
