@@ -24,7 +24,7 @@ use crate::layer::Builder;
 use crate::route::{CompiledRoute, Limits, Route, RouteResolver};
 use crate::store::{
     AcquireRequest, Acquired, BucketKey, BucketStats, Call, Lease, Policy, ResponseFacts, Store,
-    StoreFuture,
+    StoreFuture, WaitReason,
 };
 
 mod bucket;
@@ -473,12 +473,18 @@ impl Limiter {
         };
         match answer {
             Some(Acquired::Granted(lease)) => {
-                // The usual way: the ticket keeps this limiter's `Arc`.
+                // The ticket keeps this request's own `Arc`.
                 drop(asking);
                 let global_limits = route.limits() == Limits::All;
-                Ok(Start::Go(Ticket::owning(self.shared, lease, global_limits)))
+                Ok(Start::Go(Ticket::new(self.shared, lease, global_limits)))
             }
-            Some(answer) => first_answer(shared, route, auth, answer, &asking),
+            Some(Acquired::Wait { wait, reason, key }) => Ok(Start::Wait(wait_at(
+                shared,
+                route,
+                auth,
+                (wait, reason, key),
+                &asking,
+            )?)),
             None => Ok(Start::Wait(Box::pin(acquire_later(
                 Arc::clone(shared),
                 route,
@@ -567,40 +573,38 @@ impl Shared {
     }
 }
 
-/// The first answer of the store to a request: go, or wait at the key it
-/// names (ARCHITECTURE.md §2.2).
-#[inline(always)]
-fn first_answer(
+/// A wait the store answered for a request: `wait` (if known) for
+/// `reason` at `key`. Fails at once with a known wait over
+/// `max_rate_limit`; else the request queues at `key` (ARCHITECTURE.md
+/// §2.2). Not inlined: a request that waits pays a call, one that goes
+/// does not carry its code.
+#[inline(never)]
+fn wait_at(
     shared: &Arc<Shared>,
     route: CompiledRoute,
     auth: AuthHash,
-    answer: Acquired,
+    (wait, reason, key): (Option<Duration>, WaitReason, BucketKey),
     asking: &Asking<'_>,
-) -> Result<Start, Error> {
-    match answer {
-        Acquired::Granted(lease) => {
-            let global_limits = route.limits() == Limits::All;
-            Ok(Start::Go(Ticket::new(shared, lease, global_limits)))
-        }
-        Acquired::Wait { wait, reason, key } => {
-            if let Some(wait) = wait {
-                shared.too_long(&route, wait, reason.is_global())?;
-            }
-            let global = reason.is_global();
-            // How long, if the store knows: `None` waits for a wake-up.
-            tracing::debug!(route = %route.route(), ?wait, global, "waiting for the rate limit");
-            let waiter = asking.place(key);
-            let waiting = crate::metrics::Waiting::begin(reason);
-            Ok(Start::Wait(Box::pin(wait_turn(
-                Arc::clone(shared),
-                route,
-                auth,
-                waiter,
-                waiting,
-            ))))
-        }
+) -> Result<WaitTurn, Error> {
+    if let Some(wait) = wait {
+        shared.too_long(&route, wait, reason.is_global())?;
     }
+    let global = reason.is_global();
+    // How long, if the store knows: `None` waits for a wake-up.
+    tracing::debug!(route = %route.route(), ?wait, global, "waiting for the rate limit");
+    let waiter = asking.place(key);
+    let waiting = crate::metrics::Waiting::begin(reason);
+    Ok(Box::pin(wait_turn(
+        Arc::clone(shared),
+        route,
+        auth,
+        waiter,
+        waiting,
+    )))
 }
+
+/// A request's wait for its turn and slot.
+type WaitTurn = Pin<Box<dyn Future<Output = Result<Ticket, Error>> + Send>>;
 
 /// Counts the limiter's failure of a request (feature `metrics`): at once,
 /// or when the request's wait ends in one. Without the feature, `started`
@@ -730,7 +734,7 @@ impl Drop for SweeperGuard {
 /// The answer to [`Limiter::start`] and [`Limiter::pass`].
 enum Start {
     Go(Ticket),
-    Wait(Pin<Box<dyn Future<Output = Result<Ticket, Error>> + Send>>),
+    Wait(WaitTurn),
 }
 
 impl fmt::Debug for Start {

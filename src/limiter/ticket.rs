@@ -40,14 +40,11 @@ impl fmt::Debug for Ticket {
 }
 
 impl Ticket {
-    pub(super) fn new(shared: &Arc<Shared>, grant: Lease, global_limits: bool) -> Self {
-        Self::owning(Arc::clone(shared), grant, global_limits)
-    }
-
-    /// As [`new`](Self::new), keeping `shared` itself: no count of the
-    /// `Arc` changes, the one cache line every request of every thread
-    /// would otherwise write.
-    pub(super) fn owning(shared: Arc<Shared>, grant: Lease, global_limits: bool) -> Self {
+    /// A granted slot. It keeps `shared` itself: a caller that has the
+    /// request's own `Arc` gives it, so that granting changes no count of
+    /// the `Arc`, the one cache line every request of every thread would
+    /// otherwise write.
+    pub(super) fn new(shared: Arc<Shared>, grant: Lease, global_limits: bool) -> Self {
         Self {
             shared,
             auth: grant.key().auth(),

@@ -515,10 +515,15 @@ pub(super) async fn acquire_later(
     let asking = shared.queues.asking();
     let (answer, place) = Asked::acquire(&shared, &route, auth, None, false).await;
     asking.keep_place(place);
-    let answer = answer?;
-    match super::first_answer(&shared, route, auth, answer, &asking)? {
-        super::Start::Go(ticket) => Ok(ticket),
-        super::Start::Wait(wait) => wait.await,
+    match answer? {
+        Acquired::Granted(lease) => {
+            drop(asking);
+            let global_limits = route.limits() == Limits::All;
+            Ok(Ticket::new(shared, lease, global_limits))
+        }
+        Acquired::Wait { wait, reason, key } => {
+            super::wait_at(&shared, route, auth, (wait, reason, key), &asking)?.await
+        }
     }
 }
 
@@ -582,7 +587,7 @@ pub(super) async fn wait_turn(
                 let now = Instant::now();
                 let (wait, reason) = match answer {
                     Acquired::Granted(lease) => {
-                        return Ok(Ticket::new(&shared, lease, global_limits))
+                        return Ok(Ticket::new(Arc::clone(&shared), lease, global_limits))
                     }
                     Acquired::Wait { key, .. } if key != waiter.key => {
                         // The route's bucket was learned or changed: queue there.
