@@ -81,11 +81,23 @@ mod discord;
 pub use discord::DiscordResolver;
 
 /// A method and a path template: `POST /channels/{channel_id}/messages`.
-#[derive(Clone, PartialEq, Eq, Hash)]
+// `PartialEq` is the derived relation, only faster: the derived `Hash` fits.
+#[allow(clippy::derived_hash_with_manual_eq)]
+#[derive(Clone, Eq, Hash)]
 #[must_use]
 pub struct Route {
     method: Method,
     template: Arc<str>,
+}
+
+impl PartialEq for Route {
+    /// By value; one template shared (the resolver's interned one) is equal
+    /// without reading its text.
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        self.method == other.method
+            && (Arc::ptr_eq(&self.template, &other.template) || self.template == other.template)
+    }
 }
 
 impl Route {
@@ -138,13 +150,29 @@ pub struct Major {
     secret: Option<u64>,
 }
 
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+// `PartialEq` is the derived relation, only faster: the derived `Hash` fits.
+#[allow(clippy::derived_hash_with_manual_eq)]
+#[derive(Clone, Default, Eq, Hash)]
 enum MajorValue {
     #[default]
     None,
     /// `name=id` for a numeric id: no allocation on the hot path.
     Id(&'static str, u64),
     Text(Arc<str>),
+}
+
+impl PartialEq for MajorValue {
+    /// By value; names are the resolver's literals, equal without reading
+    /// them when they are the same one.
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::None, Self::None) => true,
+            (Self::Id(a, x), Self::Id(b, y)) => x == y && (std::ptr::eq(*a, *b) || a == b),
+            (Self::Text(a), Self::Text(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => false,
+        }
+    }
 }
 
 impl Major {

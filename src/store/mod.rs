@@ -115,12 +115,27 @@ pub use self::redis::{RedisStore, RedisStoreBuilder};
 
 /// What a bucket is known by: its hash once learned, its route until then
 /// (an unknown bucket, ARCHITECTURE.md §1).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+// `PartialEq` is the derived relation, only faster: the derived `Hash` fits.
+#[allow(clippy::derived_hash_with_manual_eq)]
+#[derive(Debug, Clone, Eq, Hash)]
 pub enum BucketId {
     /// The bucket hash the server named (`X-RateLimit-Bucket`).
     Hash(Arc<str>),
     /// The route, while its bucket hash is unknown.
     Route(Route),
+}
+
+impl PartialEq for BucketId {
+    /// By value; a hash shared with the store's own (the usual case: keys
+    /// are made from the hash the store learned) is equal without reading
+    /// its text.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Hash(a), Self::Hash(b)) => Arc::ptr_eq(a, b) || **a == **b,
+            (Self::Route(a), Self::Route(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// Where a quota lives: (bucket hash or route, major parameters,
@@ -139,6 +154,7 @@ pub struct BucketKey {
 }
 
 impl PartialEq for BucketKey {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
         self.hash == other.hash
             && self.auth == other.auth
@@ -881,5 +897,75 @@ pub trait Store: Send + Sync + 'static {
     /// shared between processes (ARCHITECTURE.md §9.5).
     fn fingerprint(&self) -> Option<&Fingerprint> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use http::Method;
+
+    use super::*;
+
+    /// Keys compare by value: the shortcut for shared text (the same bucket
+    /// hash, template or parameter name) changes no answer.
+    #[test]
+    fn keys_are_equal_by_value_whether_or_not_they_share_their_text() {
+        let major = |name: &'static str, id: &str| {
+            CompiledRoute::new(Route::new(Method::GET, "/x"))
+                .with_major(name, id)
+                .major()
+                .clone()
+        };
+        // A parameter name of the same text at another address.
+        let name: &'static str = Box::leak(String::from("channel_id").into_boxed_str());
+        let key = |id: BucketId, major: Major| BucketKey::new(id, major, AuthHash::from_u64(7));
+        let hash = |text: &str| BucketId::Hash(Arc::from(text));
+        let route = |method: Method, template: &str| BucketId::Route(Route::new(method, template));
+        let same = [
+            (
+                key(hash("abc"), major("channel_id", "1")),
+                key(hash("abc"), major(name, "1")),
+            ),
+            (
+                key(route(Method::GET, "/a/{id}"), Major::default()),
+                key(route(Method::GET, &String::from("/a/{id}")), Major::default()),
+            ),
+            (
+                key(hash("abc"), major("webhook_id", "x")),
+                key(hash("abc"), major("webhook_id", "x")),
+            ),
+        ];
+        let state = std::collections::hash_map::RandomState::new();
+        for (a, b) in &same {
+            assert_eq!(a, b);
+            assert_eq!(a, &a.clone());
+            assert_eq!(a.id(), b.id());
+            assert_eq!(state.hash_one(a.id()), state.hash_one(b.id()));
+            assert_eq!(state.hash_one(a.major()), state.hash_one(b.major()));
+        }
+        let apart = [
+            (key(hash("abc"), Major::default()), key(hash("abd"), Major::default())),
+            (
+                key(hash("abc"), major("channel_id", "1")),
+                key(hash("abc"), major("channel_id", "2")),
+            ),
+            (
+                key(hash("abc"), major("channel_id", "1")),
+                key(hash("abc"), major("guild_id", "1")),
+            ),
+            (
+                key(route(Method::GET, "/a"), Major::default()),
+                key(route(Method::POST, "/a"), Major::default()),
+            ),
+            (
+                key(route(Method::GET, "/a"), Major::default()),
+                key(hash("/a"), Major::default()),
+            ),
+        ];
+        for (a, b) in &apart {
+            assert_ne!(a, b);
+        }
     }
 }
