@@ -260,9 +260,11 @@ impl Manager {
 
         let (key, probe) = key_for(routes, buckets, route, auth, waiters, now);
         let is_head = request.head() == Some(&key);
-        let (bucket, fresh) = match buckets.entry(key.clone()) {
-            std::collections::hash_map::Entry::Occupied(e) => (e.into_mut(), false),
-            std::collections::hash_map::Entry::Vacant(e) => (e.insert(Bucket::new(now)), true),
+        // Looked up, not entered: entering would clone the key, and its
+        // bucket hash's count is shared by every request under that hash.
+        let (bucket, fresh) = match buckets.get_mut(&key) {
+            Some(bucket) => (bucket, false),
+            None => (buckets.entry(key.clone()).or_insert(Bucket::new(now)), true),
         };
 
         // No one waits at a key the store did not hold: only a key the store
@@ -554,6 +556,21 @@ impl Manager {
             None => Learned::default(),
         };
         let moved = learned.target.is_some();
+        // A bucket still known by its route learns limits only with the
+        // hash that names them (and then they go to that bucket): until
+        // then it stays one request at a time.
+        let named =
+            !learned.stale && (matches!(key.id, BucketId::Hash(_)) || facts.bucket.is_some());
+        if !moved && probe.is_none() && self.carries.is_empty() {
+            // The usual answer, from the bucket it was granted in: what
+            // `end_granted` and the rest below do then, on one lookup.
+            if let Some(bucket) = self.buckets.get_mut(&key) {
+                bucket.release(generation, true);
+                apply_answer(bucket, facts, named, Some(generation), now);
+                waiters.wake(&key);
+            }
+            return;
+        }
         let carried = self.end_granted(&key, generation, guessed, &learned, waiters);
         self.end_carried(&key, epoch, waiters);
         if let Some(probe) = &probe {
@@ -567,11 +584,6 @@ impl Manager {
             },
             Some(target) => self.carry_in_flight(&key, target, carried, now),
         };
-        // A bucket still known by its route learns limits only with the
-        // hash that names them (and then they go to that bucket): until
-        // then it stays one request at a time.
-        let named =
-            !learned.stale && (matches!(key.id, BucketId::Hash(_)) || facts.bucket.is_some());
         // The generation is the granted bucket's: of no meaning in another.
         apply_answer(bucket, facts, named, (!moved).then_some(generation), now);
         waiters.wake(at);
@@ -606,6 +618,12 @@ impl Manager {
     /// hash the route has left: it is not followed back (`stale`).
     fn learn_route(&mut self, route: Route, key: &BucketKey, hash: &str, epoch: u64) -> Learned {
         let current = self.routes.get(&route);
+        if let (Some(current), BucketId::Hash(granted)) = (current, &key.id) {
+            if **current == *hash && (Arc::ptr_eq(granted, current) || **granted == **current) {
+                // The usual answer: the hash the route has, as granted.
+                return Learned::default();
+            }
+        }
         let stale = current.is_some_and(|c| **c != *hash)
             && self.remaps.get(&route).is_some_and(|e| epoch < *e);
         if stale {
