@@ -74,8 +74,9 @@ pub struct BucketHash(HeaderValue);
 impl BucketHash {
     /// The hash as text.
     pub fn as_str(&self) -> &str {
-        // Checked to be visible ASCII when parsed.
-        self.0.to_str().unwrap_or_default()
+        // Checked to be visible ASCII when parsed, so valid UTF-8:
+        // `from_utf8` reads ASCII a word at a time, `to_str` a byte.
+        std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
     }
 }
 
@@ -340,7 +341,11 @@ fn text<'a>(name: &str, value: &'a HeaderValue) -> Option<&'a str> {
 
 fn bucket(value: &HeaderValue) -> Option<BucketHash> {
     let len = value.len();
-    let visible = value.as_bytes().iter().all(|b| b.is_ascii_graphic());
+    // Not short-circuited, so that it is read many bytes at a time.
+    let visible = value
+        .as_bytes()
+        .iter()
+        .fold(true, |all, b| all & b.is_ascii_graphic());
     if len == 0 || len > MAX_BUCKET_LEN || !visible {
         tracing::debug!(len, "ignoring malformed X-RateLimit-Bucket");
         return None;
