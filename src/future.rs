@@ -32,6 +32,12 @@ pin_project! {
         span: Span,
         #[pin]
         state: State<S, ReqBody, ResBody>,
+        // The permit, from its grant until the answer is recorded: kept
+        // here, beside the state, so that it never moves from one state to
+        // the next. Dropped unsent, it gives its slot back whole; dropped
+        // sent and unanswered, it tells the store the request is no longer
+        // in flight. (After the state, so dropped after the inner future.)
+        permit: Option<Permit>,
     }
 }
 
@@ -46,13 +52,11 @@ pin_project! {
         Before {
             before: Before<S, ReqBody>,
         },
-        // Sent: the inner service's future (pinned), and the permit its
-        // answer is recorded with. Dropped here, the permit tells the store
-        // the request is no longer in flight.
+        // Sent: the inner service's future (pinned). The permit its answer
+        // is recorded with is the future's `permit`.
         Sent {
             #[pin]
             fut: S::Future,
-            permit: Permit,
         },
         // Answered: what remains before the response is handed on.
         After {
@@ -85,10 +89,10 @@ enum Step {
     // Waits (in the limiter's queues) for the permit. No inner capacity is
     // held meanwhile: the inner service is readied only after.
     Waiting(limiter::PermitWait),
-    // Holds the permit while the inner service gets ready: the slot is
-    // counted from the grant, so that a slow service cannot let more
-    // requests through than the bucket allows.
-    Ready(Permit),
+    // The permit (the future's `permit`) is held while the inner service
+    // gets ready: the slot is counted from the grant, so that a slow
+    // service cannot let more requests through than the bucket allows.
+    Ready,
     // Moved on (sent, or failed): only while a step runs, or after.
     Gone,
 }
@@ -124,7 +128,7 @@ where
             State::Before { before } => match before.step {
                 Step::Start { .. } => "Start",
                 Step::Waiting(_) => "Waiting",
-                Step::Ready(_) => "Ready",
+                Step::Ready => "Ready",
                 Step::Gone => "Done",
             },
             State::Sent { .. } => "Sent",
@@ -166,6 +170,7 @@ where
                     req: Some(req),
                 },
             },
+            permit: None,
         }
     }
 }
@@ -179,24 +184,41 @@ where
     S: Service<Request<ReqBody>>,
     S::Error: Into<BoxError>,
 {
-    /// Drives the steps up to the send: the inner service's future, and
-    /// the permit sent.
+    /// Drives the steps up to the send: the inner service's future. The
+    /// permit granted is put in `permit`, and is sent with the request; on
+    /// an error, it is dropped (unsent, its slot given back whole).
     fn poll_send(
         &mut self,
         cx: &mut Context<'_>,
         span: &Span,
-    ) -> Poll<Result<(S::Future, Permit), BoxError>> {
+        permit: &mut Option<Permit>,
+    ) -> Poll<Result<S::Future, BoxError>> {
+        let sent = self.poll_steps(cx, span, permit);
+        if let Poll::Ready(Err(_)) = sent {
+            *permit = None;
+        }
+        sent
+    }
+
+    fn poll_steps(
+        &mut self,
+        cx: &mut Context<'_>,
+        span: &Span,
+        permit: &mut Option<Permit>,
+    ) -> Poll<Result<S::Future, BoxError>> {
         loop {
             // Each step takes the step by value and puts back the next; one
-            // that returns leaves `Gone` (its values dropped: a permit
-            // dropped unsent gives its slot back whole).
+            // that returns leaves `Gone`.
             self.step = match std::mem::replace(&mut self.step, Step::Gone) {
                 Step::Start {
                     limiter,
                     route,
                     auth,
                 } => match limiter.acquire(route, auth, span)? {
-                    Acquire::Ready(permit) => Step::Ready(permit),
+                    Acquire::Ready(granted) => {
+                        *permit = Some(granted);
+                        Step::Ready
+                    }
                     Acquire::Wait(wait) => Step::Waiting(wait),
                 },
                 Step::Waiting(mut wait) => match Pin::new(&mut wait).poll(cx) {
@@ -204,21 +226,27 @@ where
                         self.step = Step::Waiting(wait);
                         return Poll::Pending;
                     }
-                    Poll::Ready(permit) => Step::Ready(permit?),
+                    Poll::Ready(granted) => {
+                        *permit = Some(granted?);
+                        Step::Ready
+                    }
                 },
-                Step::Ready(mut permit) => match self.svc.poll_ready(cx) {
+                Step::Ready => match self.svc.poll_ready(cx) {
                     Poll::Pending => {
-                        self.step = Step::Ready(permit);
+                        self.step = Step::Ready;
                         return Poll::Pending;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
                     Poll::Ready(Ok(())) => {
+                        let Some(held) = permit.as_mut() else {
+                            return Poll::Ready(Err(polled_after_completion()));
+                        };
                         // Closed while the inner service got ready: not sent.
-                        permit.send()?;
+                        held.send()?;
                         let Some(req) = self.req.take() else {
                             return Poll::Ready(Err(polled_after_completion()));
                         };
-                        return Poll::Ready(Ok((self.svc.call(req), permit)));
+                        return Poll::Ready(Ok(self.svc.call(req)));
                     }
                 },
                 Step::Gone => return Poll::Ready(Err(polled_after_completion())),
@@ -271,24 +299,36 @@ where
         let mut state = this.state;
         loop {
             match state.as_mut().project() {
-                StateProj::Before { before } => match ready!(before.poll_send(cx, this.span)) {
-                    Ok((fut, permit)) => state.set(State::Sent { fut, permit }),
-                    Err(e) => {
-                        state.set(State::Done);
-                        return Poll::Ready(Err(e));
+                StateProj::Before { before } => {
+                    match ready!(before.poll_send(cx, this.span, this.permit)) {
+                        Ok(fut) => state.set(State::Sent { fut }),
+                        Err(e) => {
+                            state.set(State::Done);
+                            return Poll::Ready(Err(e));
+                        }
                     }
-                },
-                StateProj::Sent { fut, permit } => {
+                }
+                StateProj::Sent { fut } => {
                     let response = match ready!(fut.poll(cx)) {
                         Ok(response) => response,
                         Err(e) => {
                             // The permit, dropped sent and unanswered: the
                             // request is no longer in flight.
                             state.set(State::Done);
+                            *this.permit = None;
                             return Poll::Ready(Err(e.into()));
                         }
                     };
-                    let after = match permit.answer(response.status(), response.headers()) {
+                    let Some(permit) = this.permit.as_mut() else {
+                        state.set(State::Done);
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    let answer = permit.answer(response.status(), response.headers());
+                    // Answered: the inner future and the permit go (as the
+                    // state `Sent` did, the future first).
+                    state.set(State::Done);
+                    *this.permit = None;
+                    let after = match answer {
                         Answer::Recorded { info, settling } => {
                             let mut response = response.map(ResponseBody::plain);
                             if let Some(info) = info {
@@ -296,7 +336,6 @@ where
                             }
                             if settling.is_done() {
                                 // The usual way: recorded already.
-                                state.set(State::Done);
                                 return Poll::Ready(Ok(response));
                             }
                             After::Recording { settling, response }

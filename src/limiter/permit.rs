@@ -163,7 +163,7 @@ impl Permit {
             // Recorded now: a caller that drops the response while its body
             // is read loses none of it (ARCHITECTURE.md §4.7).
             let pending = self.ticket.record_429(headers, &info);
-            return Answer::TooMany(Rejected { pending, info });
+            return Answer::TooMany(Box::new(Rejected { pending, info }));
         }
         let (_, settling) = self.ticket.record(status, &info);
         Answer::Recorded {
@@ -175,8 +175,6 @@ impl Permit {
 
 /// What [`Permit::answer`] learned.
 #[derive(Debug)]
-// Returned and matched at once, never kept: no need to box the 429.
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum Answer {
     /// Recorded. `info`, unless the limiter was built without
     /// [`response_info`](crate::Builder::response_info), goes into the
@@ -187,8 +185,10 @@ pub(crate) enum Answer {
         info: Option<RateLimitInfo>,
         settling: Settling,
     },
-    /// A 429, recorded from its headers: its body is read next.
-    TooMany(Rejected),
+    /// A 429, recorded from its headers: its body is read next. Boxed
+    /// (a 429 only), so that the usual answer is not returned inside the
+    /// 429's 500 bytes.
+    TooMany(Box<Rejected>),
 }
 
 /// A 429 recorded from its headers, whose body is to be read.
@@ -200,7 +200,7 @@ pub(crate) struct Rejected {
 
 impl Rejected {
     /// Reads the body of `response`, the 429.
-    pub(crate) fn read<B: Body>(self, response: Response<B>) -> Reading<B> {
+    pub(crate) fn read<B: Body>(self: Box<Self>, response: Response<B>) -> Reading<B> {
         Reading {
             read: Read429::new(response, self.info),
             pending: self.pending,

@@ -930,7 +930,10 @@ mod tests {
             ),
             (
                 key(route(Method::GET, "/a/{id}"), Major::default()),
-                key(route(Method::GET, &String::from("/a/{id}")), Major::default()),
+                key(
+                    route(Method::GET, &String::from("/a/{id}")),
+                    Major::default(),
+                ),
             ),
             (
                 key(hash("abc"), major("webhook_id", "x")),
@@ -946,7 +949,10 @@ mod tests {
             assert_eq!(state.hash_one(a.major()), state.hash_one(b.major()));
         }
         let apart = [
-            (key(hash("abc"), Major::default()), key(hash("abd"), Major::default())),
+            (
+                key(hash("abc"), Major::default()),
+                key(hash("abd"), Major::default()),
+            ),
             (
                 key(hash("abc"), major("channel_id", "1")),
                 key(hash("abc"), major("channel_id", "2")),
