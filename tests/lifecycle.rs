@@ -1035,3 +1035,83 @@ async fn expire_after_max_never_panics() {
     assert_eq!(h.limiter().sweep(), 0);
     assert_eq!(h.sim.count_429(), 0);
 }
+
+/// An inner service whose readiness fails while `fail` is set.
+#[derive(Clone)]
+struct FailingReady {
+    inner: HttpClient,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Service<Request<Full<Bytes>>> for FailingReady {
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Incoming>, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::task::Poll::Ready(Err("inner service down".into()));
+        }
+        Service::poll_ready(&mut self.inner, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        let response = self.inner.call(req);
+        Box::pin(async move { response.await.map_err(Into::into) })
+    }
+}
+
+/// ARCHITECTURE.md §2.3: a request granted its slot whose inner service then
+/// fails to get ready is not sent; its slot comes back whole, so the next
+/// request goes at once instead of at the bucket's reset.
+#[tokio::test(start_paused = true)]
+async fn a_failed_inner_readiness_gives_the_slot_back_whole() {
+    let window = Duration::from_secs(60);
+    let (sim, addr) = sim_with_messages(2, window).start();
+    let base = addr.to_string();
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let layer = RateLimitLayer::new();
+    let limiter = layer.limiter().clone();
+    let svc = layer.layer(FailingReady {
+        inner: client(),
+        fail: fail.clone(),
+    });
+    let req = || request(Method::POST, &base, &messages(1), TOKEN);
+
+    // Learn the bucket: limit 2, one slot left until the reset in 60 s.
+    assert_eq!(
+        within("learn", send(svc.clone(), req())).await.unwrap(),
+        200
+    );
+
+    // The last slot is granted, and the inner service fails to get ready.
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut caller = svc.clone();
+    ServiceExt::<Request<Full<Bytes>>>::ready(&mut caller)
+        .await
+        .unwrap();
+    let mut failing = std::pin::pin!(caller.call(req()));
+    let error = within("failing", &mut failing)
+        .await
+        .expect_err("the inner readiness failed");
+    assert_eq!(error.to_string(), "inner service down");
+    // The slot came back as the request failed, not when its future goes.
+    assert!(idle(&limiter.stats()), "{:?}", limiter.stats());
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    // Its slot came back: the next request goes now.
+    let t = Instant::now();
+    assert_eq!(within("next", send(svc.clone(), req())).await.unwrap(), 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "the next request waited {:?}",
+        t.elapsed()
+    );
+    assert_eq!(sim.requests().len(), 2, "the failed one was not sent");
+    assert_eq!(sim.count_429(), 0);
+}
