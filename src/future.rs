@@ -150,6 +150,7 @@ where
     S: Service<Request<ReqBody>>,
     ResBody: Body,
 {
+    #[inline(always)]
     pub(crate) fn start(
         limiter: Limiter,
         route: CompiledRoute,

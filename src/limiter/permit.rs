@@ -122,6 +122,7 @@ pub(crate) struct Permit {
 }
 
 impl Permit {
+    #[inline(always)]
     fn new(ticket: Ticket, span: Span) -> Self {
         if !span.is_disabled() {
             if let Some(hash) = ticket.bucket_hash() {

@@ -44,6 +44,7 @@ impl Ticket {
     /// request's own `Arc` gives it, so that granting changes no count of
     /// the `Arc`, the one cache line every request of every thread would
     /// otherwise write.
+    #[inline(always)]
     pub(super) fn new(shared: Arc<Shared>, grant: Lease, global_limits: bool) -> Self {
         Self {
             shared,
