@@ -32,9 +32,9 @@ pin_project! {
         span: Span,
         #[pin]
         state: State<S, ReqBody, ResBody>,
-        // The permit, from its grant until the answer is recorded: kept
-        // here, beside the state, so that it never moves from one state to
-        // the next. Dropped unsent, it gives its slot back whole; dropped
+        // The permit, from its grant until the response's head is answered
+        // (a store's record may settle later): kept here, beside the state,
+        // so that it never moves from one state to the next. Dropped unsent, it gives its slot back whole; dropped
         // sent and unanswered, it tells the store the request is no longer
         // in flight. (After the state, so dropped after the inner future.)
         permit: Option<Permit>,
@@ -187,7 +187,8 @@ where
 {
     /// Drives the steps up to the send: the inner service's future. The
     /// permit granted is put in `permit`, and is sent with the request; on
-    /// an error, it is dropped (unsent, its slot given back whole).
+    /// an error before the send (the inner service's readiness, the limiter
+    /// closed), it is dropped unsent, its slot given back whole.
     fn poll_send(
         &mut self,
         cx: &mut Context<'_>,

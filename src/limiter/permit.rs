@@ -6,8 +6,8 @@
 //! ([`Rejected::read`], [`Reading`]). Every step is logged in the request's
 //! span ([`span`]).
 //!
-//! Nothing here allocates for a request that does not wait: only a wait is
-//! boxed.
+//! Nothing here allocates for a request that does not wait: only a wait,
+//! and a 429's answer, are boxed.
 
 use std::fmt;
 use std::future::Future;
