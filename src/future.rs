@@ -186,23 +186,9 @@ where
     S::Error: Into<BoxError>,
 {
     /// Drives the steps up to the send: the inner service's future. The
-    /// permit granted is put in `permit`, and is sent with the request; on
-    /// an error before the send (the inner service's readiness, the limiter
-    /// closed), it is dropped unsent, its slot given back whole.
+    /// permit granted is put in `permit`, and is sent with the request (on
+    /// an error, the caller drops it).
     fn poll_send(
-        &mut self,
-        cx: &mut Context<'_>,
-        span: &Span,
-        permit: &mut Option<Permit>,
-    ) -> Poll<Result<S::Future, BoxError>> {
-        let sent = self.poll_steps(cx, span, permit);
-        if let Poll::Ready(Err(_)) = sent {
-            *permit = None;
-        }
-        sent
-    }
-
-    fn poll_steps(
         &mut self,
         cx: &mut Context<'_>,
         span: &Span,
@@ -305,7 +291,11 @@ where
                     match ready!(before.poll_send(cx, this.span, this.permit)) {
                         Ok(fut) => state.set(State::Sent { fut }),
                         Err(e) => {
+                            // Not sent (the inner service's readiness
+                            // failed, the limiter closed): the permit goes
+                            // now, its slot given back whole.
                             state.set(State::Done);
+                            *this.permit = None;
                             return Poll::Ready(Err(e));
                         }
                     }

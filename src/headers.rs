@@ -396,15 +396,17 @@ fn plain_parts(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 /// `str::parse` to decide.
 fn plain_decimal(bytes: &[u8]) -> Option<f64> {
     let (int, frac) = plain_parts(bytes)?;
-    let mut mantissa = 0u64;
-    for &b in int.iter().chain(frac) {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        mantissa = mantissa * 10 + u64::from(b - b'0');
-    }
+    let mantissa = digits(digits(0, int)?, frac)?;
     // At most 15 digits: below 10^15 < 2^53, exact.
     Some(mantissa as f64 / POW10[frac.len()])
+}
+
+/// `n` followed by the decimal digits `bytes` (at most 19 in all, which the
+/// callers bound); `None` if one is not a digit.
+fn digits(n: u64, bytes: &[u8]) -> Option<u64> {
+    bytes.iter().try_fold(n, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 /// A count of at most 10 plain digits that fits a `u32`, without going
@@ -414,14 +416,7 @@ fn plain_count(bytes: &[u8]) -> Option<u32> {
     if bytes.is_empty() || bytes.len() > 10 {
         return None;
     }
-    let mut n = 0u64;
-    for &b in bytes {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n = n * 10 + u64::from(b - b'0');
-    }
-    u32::try_from(n).ok()
+    u32::try_from(digits(0, bytes)?).ok()
 }
 
 fn number(name: &str, value: &HeaderValue) -> Option<f64> {
@@ -471,24 +466,10 @@ fn plain_secs(bytes: &[u8]) -> Option<Duration> {
     if frac.len() > 9 {
         return None;
     }
-    let mut secs = 0u64;
-    for &b in int {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        secs = secs * 10 + u64::from(b - b'0');
-    }
-    let mut nanos = 0u32;
-    for &b in frac {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        nanos = nanos * 10 + u32::from(b - b'0');
-    }
-    for _ in frac.len()..9 {
-        nanos *= 10;
-    }
-    let wait = Duration::new(secs, nanos);
+    let secs = digits(0, int)?;
+    // At most 9 digits after the point: below 10^9 nanoseconds.
+    let nanos = digits(0, frac)? * 10u64.pow(9 - frac.len() as u32);
+    let wait = Duration::new(secs, u32::try_from(nanos).ok()?);
     (wait <= MAX_WAIT).then_some(wait)
 }
 
