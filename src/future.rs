@@ -315,7 +315,7 @@ where
                         state.set(State::Done);
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    let answer = permit.answer(response.status(), response.headers());
+                    let answer = permit.answer(response.status(), response.headers(), this.span);
                     // Answered: the inner future and the permit go (as the
                     // state `Sent` did, the future first).
                     state.set(State::Done);

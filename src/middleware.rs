@@ -143,7 +143,7 @@ async fn limited(
             return Err(error);
         }
     };
-    let rejected = match permit.answer(response.status(), response.headers()) {
+    let rejected = match permit.answer(response.status(), response.headers(), span) {
         Answer::Recorded { info, settling } => {
             // A store whose answers come later: the response is handed on
             // once its answer is recorded (ARCHITECTURE.md §9.4); dropped

@@ -258,14 +258,31 @@ impl Manager {
         let held_by_ceiling = check_ceiling(state, invalid_total, policy, now)?;
         let throttled = if global { state.throttled(now) } else { None };
 
-        let (key, probe) = key_for(routes, buckets, route, auth, waiters, now);
-        let is_head = request.head() == Some(&key);
-        // Looked up, not entered: entering would clone the key, and its
-        // bucket hash's count is shared by every request under that hash.
-        let (bucket, fresh) = match buckets.get_mut(&key) {
-            Some(bucket) => (bucket, false),
-            None => (buckets.entry(key.clone()).or_insert(Bucket::new(now)), true),
+        // The usual request: its route's hash is known and so is its bucket,
+        // found in one lookup. Any other goes through `key_for`.
+        let usual = routes.get(route.route()).map(|hash| {
+            BucketKey::new(
+                BucketId::Hash(Arc::clone(hash)),
+                route.major().clone(),
+                auth,
+            )
+        });
+        let found = usual.as_ref().and_then(|key| buckets.get_mut(key));
+        let (key, probe, bucket, fresh) = match (usual, found) {
+            (Some(key), Some(bucket)) => (key, false, bucket, false),
+            _ => {
+                let (key, probe) = key_for(routes, buckets, route, auth, waiters, now);
+                // Looked up, not entered: entering would clone the key, and
+                // its bucket hash's count is shared by every request under
+                // that hash.
+                let (bucket, fresh) = match buckets.get_mut(&key) {
+                    Some(bucket) => (bucket, false),
+                    None => (buckets.entry(key.clone()).or_insert(Bucket::new(now)), true),
+                };
+                (key, probe, bucket, fresh)
+            }
         };
+        let is_head = request.head() == Some(&key);
 
         // No one waits at a key the store did not hold: only a key the store
         // answered `Wait` for gets a queue, and a bucket is not dropped while

@@ -72,7 +72,7 @@ impl Limiter {
             _ => self.start(route, auth)?,
         };
         Ok(match started {
-            Start::Go(ticket) => Acquire::Ready(Permit::new(ticket, span.clone())),
+            Start::Go(ticket) => Acquire::Ready(Permit::new(ticket, span)),
             Start::Wait(wait) => Acquire::Wait(PermitWait {
                 wait,
                 since: Instant::now(),
@@ -108,28 +108,31 @@ impl Future for PermitWait {
         let waited = self.since.elapsed();
         self.span.record("wait_ms", waited.as_secs_f64() * 1000.0);
         tracing::debug!(wait = ?waited, granted = ticket.is_ok(), "waited for the rate limit");
-        Poll::Ready(ticket.map(|ticket| Permit::new(ticket, self.span.clone())))
+        Poll::Ready(ticket.map(|ticket| Permit::new(ticket, &self.span)))
     }
 }
 
 /// A granted slot (or a pass), for one request: [`send`](Self::send), then
 /// [`answer`](Self::answer). Dropped unanswered, its slot goes back: whole
 /// if the request was never sent, as "no longer in flight" if it was.
+///
+/// It keeps no span of its own: the request's is lent to it where it names
+/// the bucket (at the grant and at the answer), so that the permit its
+/// caller moves is no bigger than its ticket.
 #[derive(Debug)]
 pub(crate) struct Permit {
     ticket: Ticket,
-    span: Span,
 }
 
 impl Permit {
     #[inline(always)]
-    fn new(ticket: Ticket, span: Span) -> Self {
+    fn new(ticket: Ticket, span: &Span) -> Self {
         if !span.is_disabled() {
             if let Some(hash) = ticket.bucket_hash() {
                 span.record("bucket", hash);
             }
         }
-        Self { ticket, span }
+        Self { ticket }
     }
 
     /// The request is about to reach the inner service: unless the limiter
@@ -150,14 +153,19 @@ impl Permit {
         self.ticket.mark_unsent();
     }
 
-    /// The response's head came: learns from it. Answered in place, so that
-    /// the permit can stay where its caller keeps it; a second answer
-    /// records nothing.
-    pub(crate) fn answer(&mut self, status: StatusCode, headers: &HeaderMap) -> Answer {
+    /// The response's head came: learns from it, and names the bucket in
+    /// the request's `span`. Answered in place, so that the permit can stay
+    /// where its caller keeps it; a second answer records nothing.
+    pub(crate) fn answer(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        span: &Span,
+    ) -> Answer {
         let info = RateLimitInfo::from_headers(headers);
-        if !self.span.is_disabled() {
+        if !span.is_disabled() {
             if let Some(hash) = &info.bucket {
-                self.span.record("bucket", hash.as_str());
+                span.record("bucket", hash.as_str());
             }
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
