@@ -165,9 +165,32 @@ impl TooManyRequests {
 }
 
 impl RateLimitInfo {
-    /// Reads the headers of a response, in one pass over them. For a 429,
-    /// call [`read_429_body`](Self::read_429_body) too.
-    pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
+    /// Reads Discord's rate-limit headers from a response's headers, in one
+    /// pass over them: what the layer learns from every answer, for a client
+    /// that does not go through it (a 429's body, which the layer reads too,
+    /// is not here: `too_many_requests` stays `None`). A malformed value is
+    /// ignored (`None`), never an error; without `X-RateLimit-Reset-After`,
+    /// `reset_after` comes from `X-RateLimit-Reset` and the server's `Date`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http::HeaderMap;
+    /// use tower_rest_ratelimit::RateLimitInfo;
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("x-ratelimit-limit", "5".parse().unwrap());
+    /// headers.insert("x-ratelimit-remaining", "4".parse().unwrap());
+    /// headers.insert("x-ratelimit-reset-after", "1.500".parse().unwrap());
+    /// headers.insert("x-ratelimit-bucket", "abcd1234".parse().unwrap());
+    /// headers.insert("x-ratelimit-limit-bad", "ignored".parse().unwrap());
+    ///
+    /// let info = RateLimitInfo::from_headers(&headers);
+    /// assert_eq!((info.limit, info.remaining), (Some(5), Some(4)));
+    /// assert_eq!(info.reset_after, Some(Duration::from_millis(1500)));
+    /// assert_eq!(info.bucket.as_ref().map(|b| b.as_str()), Some("abcd1234"));
+    /// assert!(info.too_many_requests.is_none());
+    /// ```
+    pub fn from_headers(headers: &HeaderMap) -> Self {
         let mut info = Self::default();
         for (name, value) in headers {
             let name = name.as_str();
