@@ -6,6 +6,11 @@
 //! saturated global limit. (`benches/memory.rs` counts the bytes,
 //! `benches/breakdown.rs` times each step of a request.)
 //!
+//! `per_request/floor` and `per_request/floor_without_info` time, in the
+//! same run, the least any server-guided per-route limiter must do per
+//! request (`support::floor`): how far the layer is from it is
+//! `layered / floor` and `layered_without_info / floor_without_info`.
+//!
 //! ```text
 //! cargo bench --bench overhead
 //! ```
@@ -18,6 +23,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use http::Request;
 use http_body_util::Full;
+use support::floor::FloorLayer;
 use support::{request, request_as, Discord, ENDLESS};
 use tower::{Service, ServiceExt};
 use tower_rest_ratelimit::{Limiter, RateLimit, RateLimitLayer};
@@ -89,6 +95,25 @@ fn per_request(c: &mut Criterion) {
             async move { send(&mut svc, 1).await }
         })
     });
+    // The floor (`support::floor`): resolve, hash the token, take a slot
+    // under a lock, learn from the headers under the lock again; with and
+    // without the `RateLimitInfo` extension.
+    for (name, info) in [("floor", true), ("floor_without_info", false)] {
+        let floor = rt.block_on(async {
+            let layer = RateLimitLayer::builder()
+                .global_limit(None)
+                .expire_after(Duration::from_secs(3600))
+                .build();
+            let floor = FloorLayer::new(layer.limiter().clone(), info);
+            tower::Layer::layer(&floor, Discord(ENDLESS))
+        });
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| {
+                let mut svc = floor.clone();
+                async move { send(&mut svc, 1).await }
+            })
+        });
+    }
     group.finish();
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // not every bench uses every piece
 
+pub mod floor;
+
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::task::{Context, Poll};
