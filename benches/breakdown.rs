@@ -9,13 +9,12 @@
 //!   `resolve/100000_channels` with 100,000 different ones in turn (a
 //!   resolver whose cost grew with the ids it has seen would show here);
 //! - `auth_hash`: `Limiter::auth_hash` of `Bot ` and a 72-byte token;
+//! - `from_headers`: `RateLimitInfo::from_headers` parsing the `ENDLESS`
+//!   headers (§2.4);
 //! - `extensions_insert`: putting the `RateLimitInfo` the layer learned
 //!   from the `ENDLESS` headers into a response's empty extensions (§2.4);
 //! - `round_trip/bare` and `round_trip/layered`: the whole request, without
 //!   and with the layer, on a known bucket with headroom.
-//!
-//! Parsing the headers (`RateLimitInfo::from_headers`) is not public, so
-//! it is not timed alone here: it is part of `round_trip/layered`.
 //!
 //! ```text
 //! cargo bench --bench breakdown
@@ -26,7 +25,7 @@ mod support;
 use std::time::Duration;
 
 use criterion::{criterion_group, BatchSize, Criterion};
-use http::{HeaderValue, Method, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use support::{request, Discord, ENDLESS};
 use tower::{Service, ServiceExt};
 use tower_rest_ratelimit::route::{DiscordResolver, RouteResolver};
@@ -88,6 +87,19 @@ fn breakdown(c: &mut Criterion) {
     let authorization = HeaderValue::from_str(&token).expect("header value");
     group.bench_function("auth_hash", |b| {
         b.iter(|| limiter.auth_hash(Some(std::hint::black_box(&authorization))))
+    });
+
+    let headers: HeaderMap = ENDLESS
+        .iter()
+        .map(|&(name, value)| {
+            (
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            )
+        })
+        .collect();
+    group.bench_function("from_headers", |b| {
+        b.iter(|| RateLimitInfo::from_headers(std::hint::black_box(&headers)))
     });
 
     // What the layer learns from the `ENDLESS` headers, taken from a real
