@@ -1,7 +1,8 @@
 //! Instructions per request, for `valgrind --tool=callgrind`, which counts
-//! instructions whatever else the machine does: `bare` or `layered`
-//! (the `per_request` case of `benches/overhead.rs`), `n` requests after a
-//! warm-up. The difference of two runs with different `n`, divided by the
+//! instructions whatever else the machine does: `bare`, `layered`,
+//! `layered_without_info`, `floor` or `floor_without_info` (the
+//! `per_request` cases of `benches/overhead.rs`; the floor is
+//! `support::floor`), `n` requests after a warm-up. The difference of two runs with different `n`, divided by the
 //! difference of `n`, is the cost of one request, free of start-up.
 //!
 //! ```text
@@ -17,6 +18,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::floor::FloorLayer;
 use support::{request, Discord, ENDLESS};
 use tower::{Service, ServiceExt};
 use tower_rest_ratelimit::RateLimitLayer;
@@ -34,9 +36,23 @@ fn main() {
             .global_limit(None)
             .expire_after(Duration::from_secs(3600))
             .build();
+        let without_info = RateLimitLayer::builder()
+            .global_limit(None)
+            .expire_after(Duration::from_secs(3600))
+            .response_info(false)
+            .build();
         let layered = tower::Layer::layer(&layer, Discord(ENDLESS));
+        let layered_without_info = tower::Layer::layer(&without_info, Discord(ENDLESS));
+        let floor = |info| {
+            tower::Layer::layer(
+                &FloorLayer::new(layer.limiter().clone(), info),
+                Discord(ENDLESS),
+            )
+        };
+        let (floor, floor_without_info) = (floor(true), floor(false));
         let run = |count: u64| {
-            let layered = layered.clone();
+            let (layered, layered_without_info) = (layered.clone(), layered_without_info.clone());
+            let (floor, floor_without_info) = (floor.clone(), floor_without_info.clone());
             let case = case.clone();
             async move {
                 for _ in 0..count {
@@ -46,13 +62,14 @@ fn main() {
                                 Discord(ENDLESS).call(request(1)).await.expect("response");
                             std::hint::black_box(response);
                         }
-                        "layered" => {
-                            let mut svc = layered.clone();
-                            let svc = svc.ready().await.expect("ready");
-                            let response = svc.call(request(1)).await.expect("response");
-                            std::hint::black_box(response);
-                        }
-                        other => panic!("unknown case {other}: bare or layered"),
+                        "layered" => send(layered.clone()).await,
+                        "layered_without_info" => send(layered_without_info.clone()).await,
+                        "floor" => send(floor.clone()).await,
+                        "floor_without_info" => send(floor_without_info.clone()).await,
+                        other => panic!(
+                            "unknown case {other}: bare, layered, layered_without_info, \
+                             floor or floor_without_info"
+                        ),
                     }
                 }
             }
@@ -60,4 +77,16 @@ fn main() {
         run(100).await;
         run(n).await;
     });
+}
+
+/// One request through `svc` (a clone per request, as a caller would), the
+/// response dropped after `black_box`.
+async fn send<S>(mut svc: S)
+where
+    S: Service<http::Request<http_body_util::Full<bytes::Bytes>>>,
+    S::Error: std::fmt::Debug,
+{
+    let svc = svc.ready().await.expect("ready");
+    let response = svc.call(request(1)).await.expect("response");
+    std::hint::black_box(response);
 }

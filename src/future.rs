@@ -202,11 +202,9 @@ where
                     limiter,
                     route,
                     auth,
-                } => match limiter.acquire(route, auth, span)? {
-                    Acquire::Ready(granted) => {
-                        *permit = Some(granted);
-                        Step::Ready
-                    }
+                } => match limiter.acquire(route, auth, span, permit)? {
+                    // The permit is in `permit`.
+                    Acquire::Ready => Step::Ready,
                     Acquire::Wait(wait) => Step::Waiting(wait),
                 },
                 Step::Waiting(mut wait) => match Pin::new(&mut wait).poll(cx) {

@@ -122,10 +122,15 @@ async fn limited(
     next: Next<'_>,
 ) -> Result<Response> {
     use reqwest_middleware::Error as MwError;
-    let mut permit = match limiter.clone().acquire(route, auth, span) {
-        Ok(Acquire::Ready(permit)) => permit,
-        Ok(Acquire::Wait(wait)) => wait.await.map_err(MwError::middleware)?,
+    let mut granted = None;
+    let waited = match limiter.clone().acquire(route, auth, span, &mut granted) {
+        Ok(Acquire::Ready) => None,
+        Ok(Acquire::Wait(wait)) => Some(wait.await.map_err(MwError::middleware)?),
         Err(error) => return Err(MwError::middleware(error)),
+    };
+    // `Ready` puts the permit in `granted`; a wait returns it.
+    let Some(mut permit) = waited.or(granted) else {
+        return Err(MwError::middleware(crate::Error::Closed));
     };
     // Closed while waiting: not sent.
     permit.send().map_err(MwError::middleware)?;

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use tokio::sync::Notify;
+use tracing::Span;
 
 use crate::error::Error;
 use crate::layer::Builder;
@@ -446,12 +447,25 @@ impl Limiter {
     }
 
     /// Asks for a slot: granted now, or a future that waits for one.
-    fn start(self, route: CompiledRoute, auth: AuthHash) -> Result<Start, Error> {
+    /// A slot granted now goes in `slot`, as a permit in `span`.
+    fn start(
+        self,
+        route: CompiledRoute,
+        auth: AuthHash,
+        span: &Span,
+        slot: &mut Option<Permit>,
+    ) -> Result<Start, Error> {
         crate::metrics::request(route.limits());
-        counted(self.start_uncounted(route, auth))
+        counted(self.start_uncounted(route, auth, span, slot))
     }
 
-    fn start_uncounted(self, route: CompiledRoute, auth: AuthHash) -> Result<Start, Error> {
+    fn start_uncounted(
+        self,
+        route: CompiledRoute,
+        auth: AuthHash,
+        span: &Span,
+        slot: &mut Option<Permit>,
+    ) -> Result<Start, Error> {
         let shared = &self.shared;
         if shared.is_closed() {
             return Err(Error::Closed);
@@ -476,7 +490,9 @@ impl Limiter {
                 // The ticket keeps this request's own `Arc`.
                 drop(asking);
                 let global_limits = route.limits() == Limits::All;
-                Ok(Start::Go(Ticket::new(self.shared, lease, global_limits)))
+                let ticket = Ticket::new(self.shared, lease, global_limits);
+                *slot = Some(Permit::new(ticket, span));
+                Ok(Start::Go)
             }
             Some(Acquired::Wait { wait, reason, key }) => Ok(Start::Wait(wait_at(
                 shared,
@@ -497,12 +513,18 @@ impl Limiter {
     /// limiter is closed or an invalid-request ceiling was reached, waits
     /// only while the requests in flight could reach one, and its answer is
     /// still counted.
-    fn pass(&self, auth: AuthHash) -> Result<Start, Error> {
+    /// A pass granted now goes in `slot`, as a permit in `span`.
+    fn pass(&self, auth: AuthHash, span: &Span, slot: &mut Option<Permit>) -> Result<Start, Error> {
         crate::metrics::request(Limits::Unlimited);
-        counted(self.pass_uncounted(auth))
+        counted(self.pass_uncounted(auth, span, slot))
     }
 
-    fn pass_uncounted(&self, auth: AuthHash) -> Result<Start, Error> {
+    fn pass_uncounted(
+        &self,
+        auth: AuthHash,
+        span: &Span,
+        slot: &mut Option<Permit>,
+    ) -> Result<Start, Error> {
         let shared = &self.shared;
         if shared.is_closed() {
             return Err(Error::Closed);
@@ -512,7 +534,10 @@ impl Limiter {
             None => None,
         };
         match go {
-            Some(true) => return Ok(Start::Go(Ticket::pass(shared, auth))),
+            Some(true) => {
+                *slot = Some(Permit::new(Ticket::pass(shared, auth), span));
+                return Ok(Start::Go);
+            }
             Some(false) => tracing::debug!("waiting for the invalid-request ceiling"),
             // A store's futures do nothing until polled: asked again there.
             None => {}
@@ -733,14 +758,15 @@ impl Drop for SweeperGuard {
 
 /// The answer to [`Limiter::start`] and [`Limiter::pass`].
 enum Start {
-    Go(Ticket),
+    /// Granted: the permit is in the caller's slot.
+    Go,
     Wait(WaitTurn),
 }
 
 impl fmt::Debug for Start {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Start::Go(t) => f.debug_tuple("Go").field(t).finish(),
+            Start::Go => f.write_str("Go"),
             Start::Wait(_) => f.write_str("Wait"),
         }
     }

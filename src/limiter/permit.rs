@@ -47,8 +47,9 @@ pub(crate) fn span(route: &CompiledRoute) -> Span {
 /// The answer to [`Limiter::acquire`].
 #[derive(Debug)]
 pub(crate) enum Acquire {
-    /// Granted now: nothing was allocated.
-    Ready(Permit),
+    /// Granted now, the permit put in the caller's slot: nothing was
+    /// allocated.
+    Ready,
     /// The request waits (boxed) for its permit.
     Wait(PermitWait),
 }
@@ -61,18 +62,23 @@ impl Limiter {
     ///
     /// The limiter is the request's own clone: a permit granted at once
     /// keeps it (ARCHITECTURE.md §2.2).
+    ///
+    /// A permit granted at once is put in `slot`, where the caller keeps it,
+    /// so that it is built where it stays rather than returned through each
+    /// step.
     pub(crate) fn acquire(
         self,
         route: CompiledRoute,
         auth: AuthHash,
         span: &Span,
+        slot: &mut Option<Permit>,
     ) -> Result<Acquire, Error> {
         let started = match route.limits() {
-            Limits::Unlimited => self.pass(auth)?,
-            _ => self.start(route, auth)?,
+            Limits::Unlimited => self.pass(auth, span, slot)?,
+            _ => self.start(route, auth, span, slot)?,
         };
         Ok(match started {
-            Start::Go(ticket) => Acquire::Ready(Permit::new(ticket, span)),
+            Start::Go => Acquire::Ready,
             Start::Wait(wait) => Acquire::Wait(PermitWait {
                 wait,
                 since: Instant::now(),
@@ -126,7 +132,7 @@ pub(crate) struct Permit {
 
 impl Permit {
     #[inline(always)]
-    fn new(ticket: Ticket, span: &Span) -> Self {
+    pub(super) fn new(ticket: Ticket, span: &Span) -> Self {
         if !span.is_disabled() {
             if let Some(hash) = ticket.bucket_hash() {
                 span.record("bucket", hash);
