@@ -9,7 +9,8 @@
 //! `per_request/floor` and `per_request/floor_without_info` time, in the
 //! same run, the least any server-guided per-route limiter must do per
 //! request (`support::floor`): how far the layer is from it is
-//! `layered / floor` and `layered_without_info / floor_without_info`.
+//! `layered / floor` and `layered_without_info / floor_without_info`;
+//! `multi_thread/floor/*` does the same from 64 tasks.
 //!
 //! ```text
 //! cargo bench --bench overhead
@@ -259,6 +260,19 @@ fn multi_thread(c: &mut Criterion) {
                 BenchmarkId::new(format!("layered/{threads}"), spread),
                 |b| b.iter_custom(|requests| rt.block_on(fan_out(&layered, requests, channels))),
             );
+            // The floor (`support::floor`), its buckets learned alike.
+            let floor = rt.block_on(async {
+                let limiter = RateLimitLayer::new().limiter().clone();
+                let mut svc =
+                    tower::Layer::layer(&FloorLayer::new(limiter, true), Discord(ENDLESS));
+                for channel in 0..channels {
+                    send(&mut svc, channel).await;
+                }
+                svc
+            });
+            group.bench_function(BenchmarkId::new(format!("floor/{threads}"), spread), |b| {
+                b.iter_custom(|requests| rt.block_on(fan_out(&floor, requests, channels)))
+            });
         }
     }
     group.finish();
