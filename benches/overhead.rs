@@ -10,7 +10,8 @@
 //! same run, the least any server-guided per-route limiter must do per
 //! request (`support::floor`): how far the layer is from it is
 //! `layered / floor` and `layered_without_info / floor_without_info`;
-//! `multi_thread/floor/*` does the same from 64 tasks.
+//! `buckets/floor/*` and `multi_thread/floor/*` do the same over many
+//! buckets and from 64 tasks.
 //!
 //! ```text
 //! cargo bench --bench overhead
@@ -135,6 +136,25 @@ fn buckets(c: &mut Criterion) {
             b.to_async(&rt).iter(|| {
                 next = (next + 7919) % n;
                 let mut svc = svc.clone();
+                let channel = next;
+                async move { send(&mut svc, channel).await }
+            })
+        });
+        // The floor over as many buckets: what a map of `n` buckets costs
+        // any limiter (its cache misses at 100,000).
+        let mut floor = rt.block_on(async {
+            let limiter = RateLimitLayer::new().limiter().clone();
+            tower::Layer::layer(&FloorLayer::new(limiter, true), Discord(ENDLESS))
+        });
+        rt.block_on(async {
+            for channel in 0..n {
+                send(&mut floor, channel).await;
+            }
+        });
+        group.bench_with_input(BenchmarkId::new("floor", n), &n, |b, &n| {
+            b.to_async(&rt).iter(|| {
+                next = (next + 7919) % n;
+                let mut svc = floor.clone();
                 let channel = next;
                 async move { send(&mut svc, channel).await }
             })
