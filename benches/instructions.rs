@@ -2,8 +2,9 @@
 //! instructions whatever else the machine does: `bare`, `layered`,
 //! `layered_without_info`, `floor` or `floor_without_info` (the
 //! `per_request` cases of `benches/overhead.rs`; the floor is
-//! `support::floor`), `n` requests after a warm-up. The difference of two runs with different `n`, divided by the
-//! difference of `n`, is the cost of one request, free of start-up.
+//! `support::floor`), `n` requests after a warm-up. The difference of two
+//! runs with different `n`, divided by the difference of `n`, is the cost
+//! of one request, free of start-up.
 //!
 //! ```text
 //! cargo bench --bench instructions --no-run
@@ -11,8 +12,8 @@
 //! valgrind --tool=callgrind target/release/deps/instructions-* layered 11000
 //! ```
 //!
-//! Run without valgrind, it does the same work (so `cargo bench` runs it
-//! as a quick check that every case works).
+//! Run without valgrind, it does the same work; without a case (as `cargo
+//! bench` runs it), it runs every case once, a quick check that each works.
 
 mod support;
 
@@ -23,9 +24,25 @@ use support::{request, Discord, ENDLESS};
 use tower::{Service, ServiceExt};
 use tower_rest_ratelimit::RateLimitLayer;
 
+/// The cases, as `benches/overhead.rs` names them in `per_request`.
+const CASES: [&str; 5] = [
+    "bare",
+    "layered",
+    "layered_without_info",
+    "floor",
+    "floor_without_info",
+];
+
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));
-    let case = args.next().unwrap_or_else(|| "layered".into());
+    let cases: Vec<String> = match args.next() {
+        Some(case) if CASES.contains(&case.as_str()) => vec![case],
+        Some(other) => {
+            eprintln!("unknown case {other}: one of {}", CASES.join(", "));
+            std::process::exit(2);
+        }
+        None => CASES.iter().map(|&case| case.into()).collect(),
+    };
     let n: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(1000);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -50,10 +67,10 @@ fn main() {
             )
         };
         let (floor, floor_without_info) = (floor(true), floor(false));
-        let run = |count: u64| {
+        let run = |case: &str, count: u64| {
             let (layered, layered_without_info) = (layered.clone(), layered_without_info.clone());
             let (floor, floor_without_info) = (floor.clone(), floor_without_info.clone());
-            let case = case.clone();
+            let case = case.to_owned();
             async move {
                 for _ in 0..count {
                     match case.as_str() {
@@ -65,17 +82,16 @@ fn main() {
                         "layered" => send(layered.clone()).await,
                         "layered_without_info" => send(layered_without_info.clone()).await,
                         "floor" => send(floor.clone()).await,
-                        "floor_without_info" => send(floor_without_info.clone()).await,
-                        other => panic!(
-                            "unknown case {other}: bare, layered, layered_without_info, \
-                             floor or floor_without_info"
-                        ),
+                        // `floor_without_info`, the last of `CASES`.
+                        _ => send(floor_without_info.clone()).await,
                     }
                 }
             }
         };
-        run(100).await;
-        run(n).await;
+        for case in &cases {
+            run(case, 100).await;
+            run(case, n).await;
+        }
     });
 }
 

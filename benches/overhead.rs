@@ -143,8 +143,7 @@ fn buckets(c: &mut Criterion) {
         // The floor over as many buckets: what a map of `n` buckets costs
         // any limiter (its cache misses at 100,000).
         let mut floor = rt.block_on(async {
-            let limiter = RateLimitLayer::new().limiter().clone();
-            tower::Layer::layer(&FloorLayer::new(limiter, true), Discord(ENDLESS))
+            tower::Layer::layer(&FloorLayer::new(Limiter::new(), true), Discord(ENDLESS))
         });
         rt.block_on(async {
             for channel in 0..n {
@@ -239,8 +238,8 @@ where
 /// Wall time per request with 64 tasks sending at once over 64 channels,
 /// and all on one channel, on a tokio runtime of two workers
 /// (`2_workers`) and on a current-thread one (`1_thread`, the same load
-/// on one thread): the bare service and the layer in the same run, so
-/// that their ratio is read from one run. Each sample sends as many
+/// on one thread): the bare service, the layer and the floor in the same
+/// run, so that their ratios are read from one run. Each sample sends as many
 /// requests as criterion asks for, spread over the 64 tasks, and times
 /// them with a wall clock (`iter_custom`); the spawns are part of each
 /// sample, a fixed cost that criterion's slope over sample sizes leaves
@@ -282,9 +281,8 @@ fn multi_thread(c: &mut Criterion) {
             );
             // The floor (`support::floor`), its buckets learned alike.
             let floor = rt.block_on(async {
-                let limiter = RateLimitLayer::new().limiter().clone();
-                let mut svc =
-                    tower::Layer::layer(&FloorLayer::new(limiter, true), Discord(ENDLESS));
+                let floor = FloorLayer::new(Limiter::new(), true);
+                let mut svc = tower::Layer::layer(&floor, Discord(ENDLESS));
                 for channel in 0..channels {
                     send(&mut svc, channel).await;
                 }

@@ -33,8 +33,9 @@ pin_project! {
         #[pin]
         state: State<S, ReqBody, ResBody>,
         // The permit, from its grant until the response's head is answered
-        // (a store's record may settle later): kept here, beside the state,
-        // so that it never moves from one state to the next. Dropped unsent, it gives its slot back whole; dropped
+        // (a store's record may settle later): built here by the limiter and
+        // kept here, beside the state, so that it never moves from one state
+        // to the next. Dropped unsent, it gives its slot back whole; dropped
         // sent and unanswered, it tells the store the request is no longer
         // in flight. (After the state, so dropped after the inner future.)
         permit: Option<Permit>,
@@ -203,8 +204,8 @@ where
                     route,
                     auth,
                 } => match limiter.acquire(route, auth, span, permit)? {
-                    // The permit is in `permit`.
-                    Acquire::Ready => Step::Ready,
+                    // Put in `permit`, where it stays.
+                    Acquire::Ready(_) => Step::Ready,
                     Acquire::Wait(wait) => Step::Waiting(wait),
                 },
                 Step::Waiting(mut wait) => match Pin::new(&mut wait).poll(cx) {

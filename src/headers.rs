@@ -31,7 +31,8 @@ pub enum Scope {
     Shared,
 }
 
-/// What the layer learned from one response, attached to it as an extension.
+/// What the layer learned from one response, attached to it as an extension
+/// (and what [`from_headers`](Self::from_headers) reads from any headers).
 ///
 /// ```
 /// # fn f(response: http::Response<()>) {
@@ -167,9 +168,11 @@ impl TooManyRequests {
 impl RateLimitInfo {
     /// Reads Discord's rate-limit headers from a response's headers, in one
     /// pass over them: what the layer learns from every answer, for a client
-    /// that does not go through it (a 429's body, which the layer reads too,
-    /// is not here: `too_many_requests` stays `None`). A malformed value is
-    /// ignored (`None`), never an error; without `X-RateLimit-Reset-After`,
+    /// that does not go through it. What only a 429 says (its body, and its
+    /// `X-RateLimit-Scope` and `X-RateLimit-Global`, which the layer reads
+    /// with the body) is not here: `too_many_requests` stays `None`. A
+    /// malformed value is ignored (`None`), never an error, and so is an
+    /// unknown `X-RateLimit-*` header; without `X-RateLimit-Reset-After`,
     /// `reset_after` comes from `X-RateLimit-Reset` and the server's `Date`.
     ///
     /// ```
@@ -178,14 +181,13 @@ impl RateLimitInfo {
     /// use tower_rest_ratelimit::RateLimitInfo;
     ///
     /// let mut headers = HeaderMap::new();
-    /// headers.insert("x-ratelimit-limit", "5".parse().unwrap());
+    /// headers.insert("x-ratelimit-limit", "five".parse().unwrap()); // malformed
     /// headers.insert("x-ratelimit-remaining", "4".parse().unwrap());
     /// headers.insert("x-ratelimit-reset-after", "1.500".parse().unwrap());
     /// headers.insert("x-ratelimit-bucket", "abcd1234".parse().unwrap());
-    /// headers.insert("x-ratelimit-limit-bad", "ignored".parse().unwrap());
     ///
     /// let info = RateLimitInfo::from_headers(&headers);
-    /// assert_eq!((info.limit, info.remaining), (Some(5), Some(4)));
+    /// assert_eq!((info.limit, info.remaining), (None, Some(4)));
     /// assert_eq!(info.reset_after, Some(Duration::from_millis(1500)));
     /// assert_eq!(info.bucket.as_ref().map(|b| b.as_str()), Some("abcd1234"));
     /// assert!(info.too_many_requests.is_none());

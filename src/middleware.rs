@@ -122,15 +122,12 @@ async fn limited(
     next: Next<'_>,
 ) -> Result<Response> {
     use reqwest_middleware::Error as MwError;
+    // The permit stays in `granted` until the request ends.
     let mut granted = None;
-    let waited = match limiter.clone().acquire(route, auth, span, &mut granted) {
-        Ok(Acquire::Ready) => None,
-        Ok(Acquire::Wait(wait)) => Some(wait.await.map_err(MwError::middleware)?),
+    let permit = match limiter.clone().acquire(route, auth, span, &mut granted) {
+        Ok(Acquire::Ready(permit)) => permit,
+        Ok(Acquire::Wait(wait)) => granted.insert(wait.await.map_err(MwError::middleware)?),
         Err(error) => return Err(MwError::middleware(error)),
-    };
-    // `Ready` puts the permit in `granted`; a wait returns it.
-    let Some(mut permit) = waited.or(granted) else {
-        return Err(MwError::middleware(crate::Error::Closed));
     };
     // Closed while waiting: not sent.
     permit.send().map_err(MwError::middleware)?;

@@ -1,6 +1,7 @@
-//! `Floor`: the least a server-guided, per-route limiter must do per
-//! request, as a tower layer, to measure what this crate's layer adds on
-//! top of it (`benches/overhead.rs`, `per_request/floor`).
+//! `Floor`: a minimal server-guided, per-route limiter, as a tower layer:
+//! the work any such limiter does per request, to measure what this
+//! crate's layer adds on top of it (`benches/overhead.rs`: `per_request/floor`,
+//! `buckets/floor/*`, `multi_thread/floor/*`; `benches/instructions.rs`).
 //!
 //! Per request, and nothing else:
 //!

@@ -447,25 +447,27 @@ impl Limiter {
     }
 
     /// Asks for a slot: granted now, or a future that waits for one.
-    /// A slot granted now goes in `slot`, as a permit in `span`.
-    fn start(
+    ///
+    /// A slot granted now is put in `slot` as a permit, its bucket recorded
+    /// on `span`.
+    fn start<'a>(
         self,
         route: CompiledRoute,
         auth: AuthHash,
         span: &Span,
-        slot: &mut Option<Permit>,
-    ) -> Result<Start, Error> {
+        slot: &'a mut Option<Permit>,
+    ) -> Result<Start<'a>, Error> {
         crate::metrics::request(route.limits());
         counted(self.start_uncounted(route, auth, span, slot))
     }
 
-    fn start_uncounted(
+    fn start_uncounted<'a>(
         self,
         route: CompiledRoute,
         auth: AuthHash,
         span: &Span,
-        slot: &mut Option<Permit>,
-    ) -> Result<Start, Error> {
+        slot: &'a mut Option<Permit>,
+    ) -> Result<Start<'a>, Error> {
         let shared = &self.shared;
         if shared.is_closed() {
             return Err(Error::Closed);
@@ -491,8 +493,7 @@ impl Limiter {
                 drop(asking);
                 let global_limits = route.limits() == Limits::All;
                 let ticket = Ticket::new(self.shared, lease, global_limits);
-                *slot = Some(Permit::new(ticket, span));
-                Ok(Start::Go)
+                Ok(Start::Go(slot.insert(Permit::new(ticket, span))))
             }
             Some(Acquired::Wait { wait, reason, key }) => Ok(Start::Wait(wait_at(
                 shared,
@@ -513,18 +514,24 @@ impl Limiter {
     /// limiter is closed or an invalid-request ceiling was reached, waits
     /// only while the requests in flight could reach one, and its answer is
     /// still counted.
-    /// A pass granted now goes in `slot`, as a permit in `span`.
-    fn pass(&self, auth: AuthHash, span: &Span, slot: &mut Option<Permit>) -> Result<Start, Error> {
+    ///
+    /// A pass granted now is put in `slot` as a permit.
+    fn pass<'a>(
+        &self,
+        auth: AuthHash,
+        span: &Span,
+        slot: &'a mut Option<Permit>,
+    ) -> Result<Start<'a>, Error> {
         crate::metrics::request(Limits::Unlimited);
         counted(self.pass_uncounted(auth, span, slot))
     }
 
-    fn pass_uncounted(
+    fn pass_uncounted<'a>(
         &self,
         auth: AuthHash,
         span: &Span,
-        slot: &mut Option<Permit>,
-    ) -> Result<Start, Error> {
+        slot: &'a mut Option<Permit>,
+    ) -> Result<Start<'a>, Error> {
         let shared = &self.shared;
         if shared.is_closed() {
             return Err(Error::Closed);
@@ -535,8 +542,8 @@ impl Limiter {
         };
         match go {
             Some(true) => {
-                *slot = Some(Permit::new(Ticket::pass(shared, auth), span));
-                return Ok(Start::Go);
+                let permit = Permit::new(Ticket::pass(shared, auth), span);
+                return Ok(Start::Go(slot.insert(permit)));
             }
             Some(false) => tracing::debug!("waiting for the invalid-request ceiling"),
             // A store's futures do nothing until polled: asked again there.
@@ -635,7 +642,7 @@ type WaitTurn = Pin<Box<dyn Future<Output = Result<Ticket, Error>> + Send>>;
 /// or when the request's wait ends in one. Without the feature, `started`
 /// as it is.
 #[inline(always)]
-fn counted(started: Result<Start, Error>) -> Result<Start, Error> {
+fn counted(started: Result<Start<'_>, Error>) -> Result<Start<'_>, Error> {
     #[cfg(feature = "metrics")]
     let started = match started {
         Err(error) => {
@@ -757,16 +764,16 @@ impl Drop for SweeperGuard {
 }
 
 /// The answer to [`Limiter::start`] and [`Limiter::pass`].
-enum Start {
-    /// Granted: the permit is in the caller's slot.
-    Go,
+enum Start<'a> {
+    /// Granted: the permit, in the caller's slot.
+    Go(&'a mut Permit),
     Wait(WaitTurn),
 }
 
-impl fmt::Debug for Start {
+impl fmt::Debug for Start<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Start::Go => f.write_str("Go"),
+            Start::Go(permit) => f.debug_tuple("Go").field(permit).finish(),
             Start::Wait(_) => f.write_str("Wait"),
         }
     }

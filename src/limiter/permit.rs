@@ -46,10 +46,10 @@ pub(crate) fn span(route: &CompiledRoute) -> Span {
 
 /// The answer to [`Limiter::acquire`].
 #[derive(Debug)]
-pub(crate) enum Acquire {
-    /// Granted now, the permit put in the caller's slot: nothing was
+pub(crate) enum Acquire<'a> {
+    /// Granted now: the permit, in the caller's slot. Nothing was
     /// allocated.
-    Ready,
+    Ready(&'a mut Permit),
     /// The request waits (boxed) for its permit.
     Wait(PermitWait),
 }
@@ -60,25 +60,26 @@ impl Limiter {
     /// longer than `max_rate_limit`, an invalid-request ceiling). A route no
     /// limit applies to gets a pass, which still counts its answer.
     ///
-    /// The limiter is the request's own clone: a permit granted at once
-    /// keeps it (ARCHITECTURE.md §2.2).
+    /// The limiter is the request's own clone (ARCHITECTURE.md §7.1): a
+    /// permit granted at once keeps it.
     ///
     /// A permit granted at once is put in `slot`, where the caller keeps it,
     /// so that it is built where it stays rather than returned through each
-    /// step.
-    pub(crate) fn acquire(
+    /// step; `slot` is empty otherwise. (A permit already in `slot` would be
+    /// dropped, its slot given back: callers pass an empty one.)
+    pub(crate) fn acquire<'a>(
         self,
         route: CompiledRoute,
         auth: AuthHash,
         span: &Span,
-        slot: &mut Option<Permit>,
-    ) -> Result<Acquire, Error> {
+        slot: &'a mut Option<Permit>,
+    ) -> Result<Acquire<'a>, Error> {
         let started = match route.limits() {
             Limits::Unlimited => self.pass(auth, span, slot)?,
             _ => self.start(route, auth, span, slot)?,
         };
         Ok(match started {
-            Start::Go => Acquire::Ready,
+            Start::Go(permit) => Acquire::Ready(permit),
             Start::Wait(wait) => Acquire::Wait(PermitWait {
                 wait,
                 since: Instant::now(),
@@ -123,8 +124,8 @@ impl Future for PermitWait {
 /// if the request was never sent, as "no longer in flight" if it was.
 ///
 /// It keeps no span of its own: the request's is lent to it where it names
-/// the bucket (at the grant and at the answer), so that the permit its
-/// caller moves is no bigger than its ticket.
+/// the bucket (at the grant and at the answer), so that the permit, and the
+/// response future that keeps it, are no bigger than the ticket needs.
 #[derive(Debug)]
 pub(crate) struct Permit {
     ticket: Ticket,
