@@ -14,6 +14,14 @@ so that the ratio is read from one run:
         --filter 'per_request|multi_thread' before=OLD_BINARY after=NEW_BINARY
 
 Names are given as `label=path` to label a binary (`before=...`).
+
+With `--split`, each benchmark named there runs in its own process, in an
+order rotated by one every run and reversed every other run, so that no
+case always follows the same one (one binary or several):
+
+    python3 benches/interleave.py --runs 10 --baseline per_request/bare \
+        --criterion-args '--warm-up-time 1 --measurement-time 5' \
+        --split per_request/bare,per_request/layered,per_request/floor after=BINARY
 """
 
 import argparse
@@ -54,15 +62,31 @@ def main():
         "named alike with THEIRS, in the same run (layered=bare)",
     )
     ap.add_argument("--criterion-args", default="", help="passed on, e.g. '--measurement-time 3'")
+    ap.add_argument(
+        "--split",
+        default="",
+        help="comma-separated benchmark names, each run in its own process, "
+        "in a rotated order (instead of --filter)",
+    )
     ap.add_argument("binaries", nargs="+", help="path or label=path")
     args = ap.parse_args()
     binaries = [b.split("=", 1) if "=" in b else (b.rsplit("/", 1)[-1], b) for b in args.binaries]
     extra = args.criterion_args.split()
     results = {label: [] for label, _ in binaries}
+    split = [name for name in args.split.split(",") if name]
     for i in range(args.runs):
         for label, path in binaries:
             print(f"run {i + 1}/{args.runs}: {label}", file=sys.stderr, flush=True)
-            results[label].append(run(path, args.filter, extra))
+            if not split:
+                results[label].append(run(path, args.filter, extra))
+                continue
+            order = split[i % len(split):] + split[: i % len(split)]
+            if i % 2:
+                order.reverse()
+            times = {}
+            for name in order:
+                times.update(run(path, f"^{re.escape(name)}$", extra))
+            results[label].append(times)
     names = sorted({n for runs in results.values() for r in runs for n in r})
     print(f"| benchmark | {' | '.join(label for label, _ in binaries)} |")
     print(f"|---|{'---|' * len(binaries)}")
