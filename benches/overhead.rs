@@ -25,7 +25,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use http::Request;
 use http_body_util::Full;
-use support::floor::FloorLayer;
+use support::floor::{Floor, FloorLayer};
 use support::{request, request_as, Discord, ENDLESS};
 use tower::{Service, ServiceExt};
 use tower_rest_ratelimit::{Limiter, RateLimit, RateLimitLayer};
@@ -39,6 +39,16 @@ fn layered() -> (Limiter, RateLimit<Discord>) {
         .build();
     let limiter = layer.limiter().clone();
     (limiter, tower::Layer::layer(&layer, Discord(ENDLESS)))
+}
+
+/// The floor (`support::floor`) over `Discord`, with or without the
+/// `RateLimitInfo` extension, its buckets of channels `0..channels` learned.
+async fn floor(info: bool, channels: u64) -> Floor<Discord> {
+    let mut svc = tower::Layer::layer(&FloorLayer::new(Limiter::new(), info), Discord(ENDLESS));
+    for channel in 0..channels {
+        send(&mut svc, channel).await;
+    }
+    svc
 }
 
 async fn send<S>(svc: &mut S, channel: u64)
@@ -101,14 +111,7 @@ fn per_request(c: &mut Criterion) {
     // under a lock, learn from the headers under the lock again; with and
     // without the `RateLimitInfo` extension.
     for (name, info) in [("floor", true), ("floor_without_info", false)] {
-        let floor = rt.block_on(async {
-            let layer = RateLimitLayer::builder()
-                .global_limit(None)
-                .expire_after(Duration::from_secs(3600))
-                .build();
-            let floor = FloorLayer::new(layer.limiter().clone(), info);
-            tower::Layer::layer(&floor, Discord(ENDLESS))
-        });
+        let floor = rt.block_on(floor(info, 0));
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| {
                 let mut svc = floor.clone();
@@ -142,14 +145,7 @@ fn buckets(c: &mut Criterion) {
         });
         // The floor over as many buckets: what a map of `n` buckets costs
         // any limiter (its cache misses at 100,000).
-        let mut floor = rt.block_on(async {
-            tower::Layer::layer(&FloorLayer::new(Limiter::new(), true), Discord(ENDLESS))
-        });
-        rt.block_on(async {
-            for channel in 0..n {
-                send(&mut floor, channel).await;
-            }
-        });
+        let floor = rt.block_on(floor(true, n));
         group.bench_with_input(BenchmarkId::new("floor", n), &n, |b, &n| {
             b.to_async(&rt).iter(|| {
                 next = (next + 7919) % n;
@@ -280,14 +276,7 @@ fn multi_thread(c: &mut Criterion) {
                 |b| b.iter_custom(|requests| rt.block_on(fan_out(&layered, requests, channels))),
             );
             // The floor (`support::floor`), its buckets learned alike.
-            let floor = rt.block_on(async {
-                let floor = FloorLayer::new(Limiter::new(), true);
-                let mut svc = tower::Layer::layer(&floor, Discord(ENDLESS));
-                for channel in 0..channels {
-                    send(&mut svc, channel).await;
-                }
-                svc
-            });
+            let floor = rt.block_on(floor(true, channels));
             group.bench_function(BenchmarkId::new(format!("floor/{threads}"), spread), |b| {
                 b.iter_custom(|requests| rt.block_on(fan_out(&floor, requests, channels)))
             });
